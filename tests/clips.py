@@ -1,0 +1,150 @@
+"""Tiny synthetic clips and frame folders for tests, generated with PyAV."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+VFR_STEPS_MS = (40, 40, 80, 20, 60, 33)
+"""Frame durations (ms) that a VFR clip cycles through."""
+
+AUDIO_RATE = 8000
+
+
+def pattern(index: int, size: tuple[int, int]) -> np.ndarray:
+    """Deterministic moving test pattern (uint8 HxWx3) for frame `index` of a `size`=(W, H) clip."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.empty((height, width, 3), np.uint8)
+    rgb[..., 0] = (x * 255 // max(width - 1, 1)).astype(np.uint8)
+    rgb[..., 1] = (y * 255 // max(height - 1, 1)).astype(np.uint8)
+    rgb[..., 2] = 64
+    side = max(min(width, height) // 3, 1)
+    left, top = (index * 3) % max(width - side, 1), (index * 2) % max(height - side, 1)
+    rgb[top : top + side, left : left + side] = (255, 255, 255)
+    return rgb
+
+
+def vfr_pts(frames: int) -> list[int]:
+    """Millisecond timestamps of the frames of a VFR clip."""
+    pts, now = [], 0
+    for i in range(frames):
+        pts.append(now)
+        now += VFR_STEPS_MS[i % len(VFR_STEPS_MS)]
+    return pts
+
+
+def make_clip(
+    path: str | Path,
+    frames: int = 12,
+    size: tuple[int, int] = (32, 24),
+    fps: int = 25,
+    audio: bool = False,
+    vfr: bool = False,
+    subtitles: bool = False,
+    pix_fmt: str | None = None,
+    faststart: bool = False,
+) -> Path:
+    """Write a libx264 clip of `frames` moving-pattern frames; returns the path.
+
+    Odd sizes default to yuv444p (x264 needs even sizes for 4:2:0). `vfr` uses ms
+    timestamps cycling VFR_STEPS_MS; `audio` adds a mono AAC sine; `subtitles` adds a
+    SubRip stream (mkv only); `faststart` moves the mp4 index to the front.
+    """
+    path = Path(path)
+    width, height = size
+    if pix_fmt is None:
+        pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.codec_context.options = {"preset": "ultrafast", "crf": "20"}
+        if vfr:
+            video.codec_context.time_base = Fraction(1, 1000)
+            stamps = vfr_pts(frames)
+        else:
+            video.codec_context.time_base = Fraction(1, fps)
+            stamps = list(range(frames))
+        last_step = VFR_STEPS_MS[(frames - 1) % len(VFR_STEPS_MS)] if vfr else 1
+        seconds = float((stamps[-1] + last_step) * video.codec_context.time_base)
+        sound = out.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio else None
+        subs = out.add_mux_stream("subrip") if subtitles else None
+        if subs is not None:
+            subs.time_base = Fraction(1, 1000)
+        for i, pts in enumerate(stamps):
+            frame = av.VideoFrame.from_ndarray(pattern(i, size), format="rgb24").reformat(format=pix_fmt)
+            frame.pts = pts
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if sound is not None:
+            _write_audio(out, sound, seconds)
+        if subs is not None:
+            _write_subtitles(out, subs, seconds)
+    return path
+
+
+def _write_audio(out: av.container.OutputContainer, stream: av.AudioStream, seconds: float) -> None:
+    """Encode `seconds` of a 440 Hz sine into an AAC stream."""
+    total = int(seconds * AUDIO_RATE)
+    chunk = 1024
+    t = np.arange(total, dtype=np.float32) / AUDIO_RATE
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for start in range(0, total, chunk):
+        frame = av.AudioFrame.from_ndarray(wave[None, start : start + chunk], format="fltp", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = start
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def _write_subtitles(out: av.container.OutputContainer, stream: av.stream.Stream, seconds: float) -> None:
+    """Mux two SubRip cues spread over the clip."""
+    half = int(seconds * 500)
+    for n, start in enumerate((0, half)):
+        packet = av.Packet(f"cue {n}".encode())
+        packet.stream = stream
+        packet.pts = packet.dts = start
+        packet.duration = half
+        packet.time_base = stream.time_base
+        out.mux(packet)
+
+
+def make_frame_folder(
+    directory: str | Path,
+    frames: int = 12,
+    size: tuple[int, int] = (32, 24),
+    ext: str = "png",
+    names: list[str] | None = None,
+) -> Path:
+    """Write `frames` pattern images named frame1.<ext>, frame2.<ext>, ... (or `names`); returns the folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = names or [f"frame{i + 1}.{ext}" for i in range(frames)]
+    for i, name in enumerate(names):
+        write_image(directory / name, pattern(i, size))
+    return directory
+
+
+def write_image(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write one RGB image; the format comes from the extension (png, jpg, bmp, webp)."""
+    path = Path(path)
+    codec, pix_fmt = {
+        ".png": ("png", "rgb24"),
+        ".jpg": ("mjpeg", "yuvj444p"),
+        ".jpeg": ("mjpeg", "yuvj444p"),
+        ".bmp": ("bmp", "bgr24"),
+        ".webp": ("libwebp", "yuv420p"),
+    }[path.suffix.lower()]
+    with av.open(str(path), "w", format="image2", options={"update": "1"}) as out:
+        stream = out.add_stream(codec, rate=1)
+        stream.height, stream.width = rgb.shape[:2]
+        stream.pix_fmt = pix_fmt
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt)
+        frame.pts = 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path

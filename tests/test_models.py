@@ -1,0 +1,259 @@
+"""The EDVR family: BasicSR layout, parameter counts, exact dcn <-> decomp-9 equivalence, weights files."""
+
+import argparse
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import vsrx
+from vsrx.cli import main
+from vsrx.errors import ModelError
+from vsrx.models import EDVR, EDVRConfig, build_model, load_model, save_model
+from vsrx.models.align import Aligner, kernel_grid
+from vsrx.models.weights import convert_checkpoint
+
+
+def tiny(align="dcn", offsets=9, groups=2, with_tsa=True, num_frame=3) -> EDVR:
+    torch.manual_seed(0)
+    return EDVR(EDVRConfig(num_feat=8, num_frame=num_frame, groups=groups, num_extract_block=1,
+                           num_reconstruct_block=1, with_tsa=with_tsa, align=align, offsets=offsets))
+
+
+def scramble_offsets(model: torch.nn.Module, std: float) -> None:
+    """Give every offset predictor large random weights so samples land far outside the image."""
+    for a in model.modules():
+        if isinstance(a, Aligner):
+            torch.nn.init.normal_(a.conv_offset.weight, std=std)
+            torch.nn.init.normal_(a.conv_offset.bias, std=std)
+
+
+def basicsr_edvr_keys(nf: int, t: int, g: int, n_ext: int, n_rec: int) -> dict[str, tuple]:
+    """BasicSR's EDVR state dict (keys and shapes), written out from the architecture description."""
+    keys: dict[str, tuple] = {}
+
+    def conv(name, cin, cout, k):
+        keys[f"{name}.weight"] = (cout, cin, k, k)
+        keys[f"{name}.bias"] = (cout,)
+
+    conv("conv_first", 3, nf, 3)
+    for i in range(n_ext):
+        conv(f"feature_extraction.{i}.conv1", nf, nf, 3)
+        conv(f"feature_extraction.{i}.conv2", nf, nf, 3)
+    for lv in ("l2", "l3"):
+        conv(f"conv_{lv}_1", nf, nf, 3)
+        conv(f"conv_{lv}_2", nf, nf, 3)
+    for lv in ("l3", "l2", "l1"):
+        conv(f"pcd_align.offset_conv1.{lv}", 2 * nf, nf, 3)
+        conv(f"pcd_align.offset_conv2.{lv}", nf if lv == "l3" else 2 * nf, nf, 3)
+        if lv != "l3":
+            conv(f"pcd_align.offset_conv3.{lv}", nf, nf, 3)
+            conv(f"pcd_align.feat_conv.{lv}", 2 * nf, nf, 3)
+        conv(f"pcd_align.dcn_pack.{lv}", nf, nf, 3)
+        conv(f"pcd_align.dcn_pack.{lv}.conv_offset", nf, g * 27, 3)
+    conv("pcd_align.cas_offset_conv1", 2 * nf, nf, 3)
+    conv("pcd_align.cas_offset_conv2", nf, nf, 3)
+    conv("pcd_align.cas_dcnpack", nf, nf, 3)
+    conv("pcd_align.cas_dcnpack.conv_offset", nf, g * 27, 3)
+    conv("fusion.temporal_attn1", nf, nf, 3)
+    conv("fusion.temporal_attn2", nf, nf, 3)
+    conv("fusion.feat_fusion", t * nf, nf, 1)
+    conv("fusion.spatial_attn1", t * nf, nf, 1)
+    conv("fusion.spatial_attn2", 2 * nf, nf, 1)
+    conv("fusion.spatial_attn3", nf, nf, 3)
+    conv("fusion.spatial_attn4", nf, nf, 1)
+    conv("fusion.spatial_attn5", nf, nf, 3)
+    conv("fusion.spatial_attn_l1", nf, nf, 1)
+    conv("fusion.spatial_attn_l2", 2 * nf, nf, 3)
+    conv("fusion.spatial_attn_l3", nf, nf, 3)
+    conv("fusion.spatial_attn_add1", nf, nf, 1)
+    conv("fusion.spatial_attn_add2", nf, nf, 1)
+    for i in range(n_rec):
+        conv(f"reconstruction.{i}.conv1", nf, nf, 3)
+        conv(f"reconstruction.{i}.conv2", nf, nf, 3)
+    conv("upconv1", nf, 4 * nf, 3)
+    conv("upconv2", nf, 256, 3)
+    conv("conv_hr", 64, 64, 3)
+    conv("conv_last", 64, 3, 3)
+    return keys
+
+
+def test_edvr_m_state_dict_is_basicsr_layout():
+    model = build_model("edvr-m", align="dcn", num_frame=5)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == basicsr_edvr_keys(64, 5, 8, 5, 10)
+
+
+@pytest.mark.parametrize(
+    "preset,tsa,frames,count",
+    [("edvr-m", True, 5, 3_300_131), ("edvr-m", False, 5, 2_996_259), ("edvr-l", True, 5, 20_633_827), ("edvr-l", True, 7, 20_699_363)],
+)
+def test_parameter_counts(preset, tsa, frames, count):
+    model = build_model(preset, with_tsa=tsa, num_frame=frames)
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+@pytest.mark.parametrize("align,offsets,groups", [("dcn", 9, 2), ("decomp", 5, 2), ("decomp", 1, 4), ("flow", 1, 1)])
+@pytest.mark.parametrize("with_tsa", [True, False])
+def test_output_shape(align, offsets, groups, with_tsa):
+    model = tiny(align, offsets, groups, with_tsa).eval()
+    with torch.no_grad():
+        y = model(torch.rand(2, 3, 3, 12, 16))
+    assert y.shape == (2, 3, 48, 64)
+
+
+def test_kernel_grid():
+    assert kernel_grid(9) == tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    assert kernel_grid(1) == ((0, 0),)
+    assert kernel_grid(5) == ((-1, 0), (0, -1), (0, 0), (0, 1), (1, 0))
+    assert kernel_grid(25) == tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3))
+    for n in (3, 15, 40):
+        assert len(set(kernel_grid(n))) == n
+
+
+def test_decomp9_equals_dcn_float64_whole_model():
+    dcn = tiny("dcn").double()
+    scramble_offsets(dcn, std=8.0)
+    decomp = vsrx.models.convert_alignment(dcn, "decomp", 9)
+    assert decomp.config.mode_name == "decomp-9"
+    x = torch.rand(2, 3, 3, 16, 12, dtype=torch.float64)
+    records = {}
+    for name, model in (("dcn", dcn), ("decomp", decomp)):
+        aligners = model.aligners()
+        for a in aligners.values():
+            a.record = []
+        with torch.no_grad():
+            y = model(x)
+        records[name] = (y, aligners)
+    y1, y2 = records["dcn"][0], records["decomp"][0]
+    assert ((y1 - y2).norm() / y1.norm()).item() < 1e-10
+    # Offsets really do sample outside the image somewhere.
+    l1 = records["dcn"][1]["pcd_align.dcn_pack.l1"].record[0][0]
+    assert l1.abs().max() > 16  # larger than the 16x12 frame
+    # Both record the same absolute offsets and masks.
+    for name, a in records["dcn"][1].items():
+        b = records["decomp"][1][name]
+        torch.testing.assert_close(a.record[0][0], b.record[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a.record[0][1], b.record[0][1], rtol=1e-10, atol=1e-12)
+
+
+def bilinear_zero(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Plain-loop bilinear sampling out(p) = x(p + flow(p)), zero outside, flow channels (dy, dx)."""
+    c, h, w = x.shape
+    out = torch.zeros_like(x)
+    for i in range(h):
+        for j in range(w):
+            y, xx = i + flow[0, i, j].item(), j + flow[1, i, j].item()
+            y0, x0 = math.floor(y), math.floor(xx)
+            for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                for xc, wx in ((x0, 1 - (xx - x0)), (x0 + 1, xx - x0)):
+                    if 0 <= yy < h and 0 <= xc < w:
+                        out[:, i, j] += wy * wx * x[:, yy, xc]
+    return out
+
+
+def test_flow_mode_is_a_plain_bilinear_warp():
+    torch.manual_seed(1)
+    a = Aligner(4, 4, 3, groups=1, offsets=1, mode="flow").double()
+    with torch.no_grad():
+        a.weight.copy_(torch.eye(4, dtype=torch.float64).view(4, 4, 1, 1))
+        torch.nn.init.normal_(a.conv_offset.weight, std=2.0)
+    x, feat = torch.randn(1, 4, 5, 6, dtype=torch.float64), torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    a.record = []
+    y = a(x, feat)
+    flow = a.record[0][0][0, 0, 0]  # (2, H, W), absolute (dy, dx)
+    assert a.record[0][1] is None
+    torch.testing.assert_close(y[0], bilinear_zero(x[0], flow), rtol=0, atol=1e-12)
+
+
+def test_decomp_n1_g1_is_modulated_warp_then_1x1():
+    torch.manual_seed(2)
+    a = Aligner(3, 5, 3, groups=1, offsets=1, mode="decomp").double()
+    torch.nn.init.normal_(a.conv_offset.weight, std=2.0)
+    x, feat = torch.randn(1, 3, 6, 5, dtype=torch.float64), torch.randn(1, 3, 6, 5, dtype=torch.float64)
+    a.record = []
+    y = a(x, feat)
+    flow, mask = a.record[0][0][0, 0, 0], a.record[0][1][0, 0, 0]
+    warped = bilinear_zero(x[0], flow) * mask
+    expected = torch.einsum("oc,chw->ohw", a.weight[:, :, 0, 0], warped) + a.bias.view(-1, 1, 1)
+    torch.testing.assert_close(y[0], expected, rtol=0, atol=1e-12)
+
+
+def test_recording_is_off_by_default_and_has_grid_positions():
+    model = tiny("decomp", 5)
+    assert all(a.record is None for a in model.aligners().values())
+    a = model.aligners()["pcd_align.cas_dcnpack"]
+    a.record = []
+    model(torch.rand(1, 3, 3, 8, 8))
+    offsets, masks = a.record[0]
+    assert offsets.shape == (3, 2, 5, 2, 8, 8) and masks.shape == (3, 2, 5, 8, 8)
+    # conv_offset starts at zero: absolute offsets are the kernel grid, masks are 0.5.
+    torch.testing.assert_close(offsets[0, 0, :, :, 0, 0], torch.tensor(kernel_grid(5), dtype=torch.float32))
+    assert torch.all(masks == 0.5)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny("decomp", 3, with_tsa=False).eval()
+    path = save_model(model, tmp_path / "m.safetensors")
+    again = load_model(path)
+    assert again.config == model.config
+    x = torch.rand(1, 3, 3, 8, 12)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_load_model_converts_dcn_to_decomp9_exactly_and_refuses_others(tmp_path):
+    model = tiny("dcn").double()
+    scramble_offsets(model, 1.0)
+    path = save_model(model, tmp_path / "dcn.safetensors")
+    decomp = load_model(path, align="decomp", offsets=9).double()
+    x = torch.rand(1, 3, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        y1, y2 = model(x), decomp(x)
+    assert ((y1 - y2).norm() / y1.norm()).item() < 1e-10
+    with pytest.raises(ModelError, match="cannot run as decomp with 5 offsets"):
+        load_model(path, align="decomp", offsets=5)
+    with pytest.raises(ModelError, match="cannot run as flow"):
+        load_model(path, align="flow")
+
+
+def test_convert_basicsr_checkpoint(tmp_path):
+    model = tiny("dcn", num_frame=5).eval()
+    torch.save({"params": model.state_dict()}, tmp_path / "EDVR_official.pth")
+    converted, out = convert_checkpoint(tmp_path / "EDVR_official.pth", tmp_path / "edvr.safetensors")
+    assert converted.config == model.config
+    x = torch.rand(1, 5, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load_model(out)(x), model(x))
+    # Through the CLI too.
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "EDVR_official.pth"), str(tmp_path / "cli.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "dcn, 8 features, 5 frames, G=2" in result.output
+
+
+def test_convert_rejects_mismatched_checkpoints(tmp_path):
+    state = tiny("dcn").state_dict()
+    broken = dict(state)
+    del broken["upconv1.bias"]
+    broken["conv_hr.weight"] = torch.zeros(64, 64, 1, 1)
+    torch.save({"params": broken}, tmp_path / "broken.pth")
+    with pytest.raises(ModelError, match=r"missing keys: upconv1\.bias; wrong shapes: conv_hr\.weight"):
+        convert_checkpoint(tmp_path / "broken.pth", tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+    torch.save({"params": {"foo.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(ModelError, match="not an EDVR checkpoint"):
+        convert_checkpoint(tmp_path / "other.pth", tmp_path / "x.safetensors")
+    torch.save({"params": {"w": torch.zeros(1)}, "opt": argparse.Namespace(lr=1)}, tmp_path / "pickled.pth")
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(tmp_path / "pickled.pth"), str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1
+    assert "not a loadable tensor checkpoint" in result.output and "Traceback" not in result.output
+
+
+def test_cli_lists_commands_and_version():
+    runner = CliRunner()
+    result = runner.invoke(main, ["--help"])
+    for command in ("upscale", "train", "eval", "viz-offsets", "models", "convert"):
+        assert command in result.output
+    assert vsrx.__version__ in runner.invoke(main, ["--version"]).output

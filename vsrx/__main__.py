@@ -1,0 +1,3 @@
+from vsrx.cli import main
+
+main(prog_name="vsrx")

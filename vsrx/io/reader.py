@@ -1,0 +1,229 @@
+"""Streaming frame sources: a video file (anything FFmpeg decodes) or a folder of images."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from av.video.reformatter import ColorRange, VideoReformatter
+
+from vsrx.errors import InputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+UNSPECIFIED_COLOR = {"color_range": 0, "color_primaries": 2, "color_trc": 2, "colorspace": 2}
+"""FFmpeg's 'unspecified' value for each colour property; such values are left out of `color`."""
+
+FrameCountSource = Literal["header", "packets", "files"]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame: RGB pixels plus its timestamp in the source's time base."""
+
+    index: int
+    rgb: np.ndarray
+    pts: int | None
+    time: float | None
+    duration: int | None = None
+
+
+class FrameSource(ABC):
+    """A sequence of same-sized RGB frames, iterated lazily (each pass re-reads the input)."""
+
+    path: Path
+    width: int
+    height: int
+    num_frames: int
+    frame_count_source: FrameCountSource
+    fps: Fraction | None
+    time_base: Fraction | None
+    pix_fmt: str | None
+    color: dict[str, int]
+    has_audio: bool = False
+    has_subtitles: bool = False
+    decoded: int = 0
+    decode_errors: int = 0
+    truncated: bool = False
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Frame]:
+        """Yield every frame in order, from the start."""
+
+    @property
+    def warning(self) -> str | None:
+        """A one-line note when the last pass decoded fewer frames than expected, else None."""
+        if not self.truncated:
+            return None
+        return (
+            f"decoded {self.decoded} of {self.num_frames} expected frames from {self.path.name} "
+            f"({self.decode_errors} read errors; file truncated or damaged?)"
+        )
+
+
+class VideoSource(FrameSource):
+    """Frames of the first video stream of a media file, decoded to rgb24."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with _open_media(path) as container:
+            stream = _video_stream(container, path)
+            first = next(_decode(container, stream, self), None)
+            if first is None:
+                raise InputError(f"{path}: no decodable video frames")
+            self.width, self.height = first.width, first.height
+            self.pix_fmt = first.format.name
+            self.color = {
+                key: int(getattr(first, key))
+                for key, unspecified in UNSPECIFIED_COLOR.items()
+                if int(getattr(first, key)) != unspecified
+            }
+            self.time_base = stream.time_base
+            self.fps = stream.average_rate or stream.guessed_rate
+            self.has_audio = bool(container.streams.audio)
+            self.has_subtitles = bool(container.streams.subtitles)
+            self._stream_index = stream.index
+            self.num_frames, self.frame_count_source = stream.frames, "header"
+        if not self.num_frames:
+            self.num_frames, self.frame_count_source = self._count_packets(), "packets"
+        self.decode_errors = 0
+
+    def _count_packets(self) -> int:
+        """Count the video stream's packets by demuxing (no decoding)."""
+        count = 0
+        with _open_media(self.path) as container:
+            try:
+                for packet in container.demux(container.streams[self._stream_index]):
+                    count += packet.size > 0
+            except av.FFmpegError:
+                pass
+        return count
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.decoded = self.decode_errors = 0
+        self.truncated = False
+        reformatter = VideoReformatter()
+        with _open_media(self.path) as container:
+            stream = container.streams[self._stream_index]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(_decode(container, stream, self)):
+                rgb = reformatter.reformat(
+                    frame, format="rgb24", src_color_range=frame.color_range, dst_color_range=ColorRange.JPEG
+                ).to_ndarray()
+                self.decoded = index + 1
+                yield Frame(index, rgb, frame.pts, frame.time, frame.duration or None)
+        self.truncated = self.decoded < self.num_frames or self.truncated
+
+
+class FolderSource(FrameSource):
+    """Image files of a folder in natural order ('frame2' before 'frame10'); all must share one size."""
+
+    frame_count_source: FrameCountSource = "files"
+    fps = None
+    time_base = None
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files = sorted(
+            (p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+            key=natural_key,
+        )
+        if not self.files:
+            raise InputError(f"{path}: no image frames ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder")
+        self.num_frames = len(self.files)
+        first = _read_image(self.files[0])
+        self.width, self.height = first.width, first.height
+        self.pix_fmt = first.format.name
+        self.color = {}
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.decoded = 0
+        reformatter = VideoReformatter()
+        for index, file in enumerate(self.files):
+            image = _read_image(file)
+            if (image.width, image.height) != (self.width, self.height):
+                raise InputError(
+                    f"{file.name} is {image.width}x{image.height} but {self.files[0].name} is "
+                    f"{self.width}x{self.height}; all frames in a folder must share one size"
+                )
+            rgb = reformatter.reformat(image, format="rgb24", src_color_range=image.color_range).to_ndarray()
+            self.decoded = index + 1
+            yield Frame(index, rgb, None, None)
+
+
+def open_source(path: str | Path) -> FrameSource:
+    """Open a video file or a folder of frames for streaming; raises InputError when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        return FolderSource(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    return VideoSource(path)
+
+
+def natural_key(path: Path) -> tuple[str | int, ...]:
+    """Sort key that orders digit runs by value, so 'frame2' < 'frame10'."""
+    parts = re.split(r"(\d+)", path.name.lower())
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
+
+
+def _open_media(path: Path) -> av.container.InputContainer:
+    """Open a media file for reading, turning FFmpeg failures into an InputError."""
+    try:
+        return av.open(str(path), "r")
+    except (av.FFmpegError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable video ({_reason(error)})") from None
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    """The first video stream that is not cover art."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise InputError(f"{path}: no video stream")
+
+
+def _decode(
+    container: av.container.InputContainer, stream: av.VideoStream, source: FrameSource
+) -> Iterator[av.VideoFrame]:
+    """Decode `stream`, skipping packets that fail to decode and stopping at a demux error.
+
+    Each failure increments `source.decode_errors`; a demux error also sets `source.truncated`.
+    """
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError:
+            source.decode_errors += 1
+            source.truncated = True
+            packet = None
+        try:
+            yield from stream.decode(packet)
+        except av.FFmpegError:
+            source.decode_errors += 1
+        if packet is None:
+            return
+
+
+def _read_image(file: Path) -> av.VideoFrame:
+    """Decode a single image file."""
+    try:
+        with av.open(str(file), "r") as container:
+            return next(container.decode(video=0))
+    except (av.FFmpegError, StopIteration, IndexError, UnicodeDecodeError) as error:
+        raise InputError(f"{file}: unreadable image ({_reason(error)})") from None
+
+
+def _reason(error: BaseException) -> str:
+    """Short reason text for an FFmpeg (or other) error."""
+    return getattr(error, "strerror", None) or type(error).__name__

@@ -1,0 +1,33 @@
+"""EDVR models with dcn / decomp-N / flow alignment, their weights files and the model zoo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vsrx.models.edvr import EDVR, PRESETS, EDVRConfig
+from vsrx.models.weights import build_model, convert_alignment, load_weights, save_model
+
+__all__ = ["EDVR", "EDVRConfig", "PRESETS", "build_model", "load_model", "save_model", "convert_alignment"]
+
+
+def load_model(
+    path_or_name: str | os.PathLike,
+    align: str | None = None,
+    offsets: int | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Load a safetensors weights file or a zoo model by name, in eval mode on ``device``.
+
+    ``align="decomp", offsets=9`` on a dcn model converts it exactly; other mismatches raise ModelError.
+    """
+    from vsrx.models import zoo
+
+    path = Path(path_or_name)
+    if not path.is_file() and str(path_or_name) in zoo.names():
+        path = zoo.resolve(str(path_or_name), align, offsets)
+    model = load_weights(path, align, offsets)
+    return model.to(device).eval()

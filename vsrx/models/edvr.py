@@ -1,0 +1,259 @@
+"""EDVR (Wang et al., 2019) built from its named parts, state-dict compatible with BasicSR.
+
+Feature extraction -> PCD alignment (pyramid, cascading) -> fusion (TSA or a 1x1 conv) ->
+reconstruction -> two pixel-shuffle x2 stages, plus the bilinearly upsampled centre frame.
+Every aligner in PCD is an `Aligner` of the chosen mode (dcn, decomp-N or flow).
+
+The model is split in two so callers can cache per-frame work: ``extract`` computes a frame's
+feature pyramid (independent of the window), ``reconstruct_window`` aligns, fuses and
+upsamples one window of cached pyramids. ``forward`` is the two composed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vsrx.errors import ModelError
+from vsrx.models.align import ALIGN_MODES, Aligner
+
+Pyramid = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class EDVRConfig:
+    """Everything needed to rebuild an EDVR model; stored in every weights file."""
+
+    num_feat: int = 64
+    num_frame: int = 7
+    groups: int = 8
+    num_extract_block: int = 5
+    num_reconstruct_block: int = 10
+    with_tsa: bool = True
+    align: str = "dcn"
+    offsets: int = 9
+    center_frame_idx: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.align not in ALIGN_MODES:
+            raise ModelError(f"unknown alignment mode {self.align!r}; choose one of {', '.join(ALIGN_MODES)}")
+        if self.align == "dcn" and self.offsets != 9:
+            raise ModelError(f"dcn alignment has N=9 offsets, not {self.offsets}; use --align decomp for other N")
+        if self.align == "flow" and (self.groups, self.offsets) != (1, 1):
+            raise ModelError("flow alignment has one group and one offset (G=N=1)")
+        if self.num_feat % self.groups:
+            raise ModelError(f"num_feat {self.num_feat} is not divisible by {self.groups} groups")
+        if self.num_frame < 1 or not 0 <= self.center < self.num_frame:
+            raise ModelError(f"bad window: {self.num_frame} frames, centre {self.center_frame_idx}")
+
+    @property
+    def center(self) -> int:
+        return self.num_frame // 2 if self.center_frame_idx is None else self.center_frame_idx
+
+    @property
+    def mode_name(self) -> str:
+        """'dcn', 'flow' or 'decomp-N'."""
+        return f"decomp-{self.offsets}" if self.align == "decomp" else self.align
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EDVRConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        data = json.loads(text)
+        unknown = set(data) - fields
+        if unknown:
+            raise ModelError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+# Architecture presets (alignment and window are chosen separately).
+PRESETS: dict[str, dict] = {
+    "edvr-m": dict(num_feat=64, groups=8, num_extract_block=5, num_reconstruct_block=10, with_tsa=True),
+    "edvr-l": dict(num_feat=128, groups=8, num_extract_block=5, num_reconstruct_block=40, with_tsa=True),
+    # CPU-friendly: a quarter of EDVR-M's width^2 cost, trainable on a laptop.
+    "edvr-s": dict(num_feat=32, groups=4, num_extract_block=2, num_reconstruct_block=5, with_tsa=False),
+}
+
+
+def lrelu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, 0.1)
+
+
+def upsample2(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class ResidualBlockNoBN(nn.Module):
+    """conv-ReLU-conv plus identity, no batch norm; kaiming init scaled by 0.1 (BasicSR)."""
+
+    def __init__(self, num_feat: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class PCDAlignment(nn.Module):
+    """Pyramid, Cascading and Deformable alignment of neighbour features to the reference."""
+
+    def __init__(self, num_feat: int, groups: int, offsets: int, mode: str) -> None:
+        super().__init__()
+        self.offset_conv1, self.offset_conv2 = nn.ModuleDict(), nn.ModuleDict()
+        self.offset_conv3, self.dcn_pack, self.feat_conv = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        for i in (3, 2, 1):
+            level = f"l{i}"
+            self.offset_conv1[level] = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
+            if i == 3:
+                self.offset_conv2[level] = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            else:
+                self.offset_conv2[level] = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
+                self.offset_conv3[level] = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+                self.feat_conv[level] = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
+            self.dcn_pack[level] = Aligner(num_feat, num_feat, num_feat, groups, offsets, mode)
+        self.cas_offset_conv1 = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
+        self.cas_offset_conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.cas_dcnpack = Aligner(num_feat, num_feat, num_feat, groups, offsets, mode)
+
+    def forward(self, nbr: Pyramid, ref: Pyramid) -> Tensor:
+        """nbr, ref: (l1, l2, l3) features of the same batch shape; returns aligned l1 features."""
+        up_offset = up_feat = None
+        for i in (3, 2, 1):
+            level = f"l{i}"
+            offset = lrelu(self.offset_conv1[level](torch.cat([nbr[i - 1], ref[i - 1]], dim=1)))
+            if i == 3:
+                offset = lrelu(self.offset_conv2[level](offset))
+            else:
+                offset = lrelu(self.offset_conv2[level](torch.cat([offset, up_offset], dim=1)))
+                offset = lrelu(self.offset_conv3[level](offset))
+            feat = self.dcn_pack[level](nbr[i - 1], offset)
+            if i < 3:
+                feat = self.feat_conv[level](torch.cat([feat, up_feat], dim=1))
+            if i > 1:
+                feat = lrelu(feat)
+                # Offset features move to the finer level: twice the resolution, twice the magnitude.
+                up_offset, up_feat = upsample2(offset) * 2, upsample2(feat)
+        offset = lrelu(self.cas_offset_conv1(torch.cat([feat, ref[0]], dim=1)))
+        offset = lrelu(self.cas_offset_conv2(offset))
+        return lrelu(self.cas_dcnpack(feat, offset))
+
+
+class TSAFusion(nn.Module):
+    """Temporal and spatial attention fusion of the aligned frames."""
+
+    def __init__(self, num_feat: int, num_frame: int, center: int) -> None:
+        super().__init__()
+        self.center = center
+        self.temporal_attn1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.temporal_attn2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.feat_fusion = nn.Conv2d(num_frame * num_feat, num_feat, 1, 1)
+        self.max_pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.avg_pool = nn.AvgPool2d(3, stride=2, padding=1)
+        self.spatial_attn1 = nn.Conv2d(num_frame * num_feat, num_feat, 1)
+        self.spatial_attn2 = nn.Conv2d(num_feat * 2, num_feat, 1)
+        self.spatial_attn3 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.spatial_attn4 = nn.Conv2d(num_feat, num_feat, 1)
+        self.spatial_attn5 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.spatial_attn_l1 = nn.Conv2d(num_feat, num_feat, 1)
+        self.spatial_attn_l2 = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
+        self.spatial_attn_l3 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.spatial_attn_add1 = nn.Conv2d(num_feat, num_feat, 1)
+        self.spatial_attn_add2 = nn.Conv2d(num_feat, num_feat, 1)
+
+    def _pool(self, x: Tensor) -> Tensor:
+        return torch.cat([self.max_pool(x), self.avg_pool(x)], dim=1)
+
+    def forward(self, aligned: Tensor) -> Tensor:
+        b, t, c, h, w = aligned.shape
+        # Temporal attention: each frame weighted per pixel by its correlation with the centre.
+        emb_ref = self.temporal_attn1(aligned[:, self.center])
+        emb = self.temporal_attn2(aligned.reshape(b * t, c, h, w)).view(b, t, c, h, w)
+        weight = torch.sigmoid((emb * emb_ref.unsqueeze(1)).sum(dim=2, keepdim=True))
+        aligned = (aligned * weight).view(b, t * c, h, w)
+        feat = lrelu(self.feat_fusion(aligned))
+        # Spatial attention over a two-level pyramid.
+        attn = lrelu(self.spatial_attn1(aligned))
+        attn = lrelu(self.spatial_attn2(self._pool(attn)))
+        attn_level = lrelu(self.spatial_attn_l1(attn))
+        attn_level = lrelu(self.spatial_attn_l2(self._pool(attn_level)))
+        attn_level = upsample2(lrelu(self.spatial_attn_l3(attn_level)))
+        attn = lrelu(self.spatial_attn3(attn)) + attn_level
+        attn = self.spatial_attn5(upsample2(lrelu(self.spatial_attn4(attn))))
+        attn_add = self.spatial_attn_add2(lrelu(self.spatial_attn_add1(attn)))
+        return feat * torch.sigmoid(attn) * 2 + attn_add
+
+
+class EDVR(nn.Module):
+    """EDVR x4. Input (B, T, 3, H, W) RGB in [0, 1], H and W multiples of 4; output (B, 3, 4H, 4W)."""
+
+    scale = 4
+
+    def __init__(self, config: EDVRConfig) -> None:
+        super().__init__()
+        self.config = config
+        nf = config.num_feat
+        self.conv_first = nn.Conv2d(3, nf, 3, 1, 1)
+        self.feature_extraction = nn.Sequential(*[ResidualBlockNoBN(nf) for _ in range(config.num_extract_block)])
+        self.conv_l2_1 = nn.Conv2d(nf, nf, 3, 2, 1)
+        self.conv_l2_2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_l3_1 = nn.Conv2d(nf, nf, 3, 2, 1)
+        self.conv_l3_2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.pcd_align = PCDAlignment(nf, config.groups, config.offsets, config.align)
+        if config.with_tsa:
+            self.fusion: nn.Module = TSAFusion(nf, config.num_frame, config.center)
+        else:
+            self.fusion = nn.Conv2d(config.num_frame * nf, nf, 1, 1)
+        self.reconstruction = nn.Sequential(*[ResidualBlockNoBN(nf) for _ in range(config.num_reconstruct_block)])
+        self.upconv1 = nn.Conv2d(nf, nf * 4, 3, 1, 1)
+        self.upconv2 = nn.Conv2d(nf, 64 * 4, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(64, 64, 3, 1, 1)
+        self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
+
+    def aligners(self) -> dict[str, Aligner]:
+        """The model's aligners by qualified name (pcd_align.dcn_pack.l3 ... pcd_align.cas_dcnpack)."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, Aligner)}
+
+    def extract(self, frames: Tensor) -> Pyramid:
+        """Feature pyramid (l1, l2, l3) of independent frames (N, 3, H, W); cacheable per frame."""
+        l1 = self.feature_extraction(lrelu(self.conv_first(frames)))
+        l2 = lrelu(self.conv_l2_2(lrelu(self.conv_l2_1(l1))))
+        l3 = lrelu(self.conv_l3_2(lrelu(self.conv_l3_1(l2))))
+        return l1, l2, l3
+
+    def reconstruct_window(self, pyramid: Pyramid, center_frame: Tensor) -> Tensor:
+        """Align, fuse and upsample one window: pyramid levels (B, T, C, h, w), centre (B, 3, H, W)."""
+        b, t = pyramid[0].shape[:2]
+        c = self.config.center
+        # All T frames (the centre too) are aligned to the centre in one batched PCD call.
+        nbr = tuple(level.flatten(0, 1) for level in pyramid)
+        ref = tuple(level[:, c : c + 1].expand_as(level).flatten(0, 1) for level in pyramid)
+        aligned = self.pcd_align(nbr, ref)
+        aligned = aligned.view(b, t, *aligned.shape[1:])
+        feat = self.fusion(aligned if self.config.with_tsa else aligned.flatten(1, 2))
+        out = self.reconstruction(feat)
+        out = lrelu(F.pixel_shuffle(self.upconv1(out), 2))
+        out = lrelu(F.pixel_shuffle(self.upconv2(out), 2))
+        out = self.conv_last(lrelu(self.conv_hr(out)))
+        base = F.interpolate(center_frame, scale_factor=4, mode="bilinear", align_corners=False)
+        return out + base
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, ch, h, w = x.shape
+        if t != self.config.num_frame:
+            raise ModelError(f"model expects windows of {self.config.num_frame} frames, got {t}")
+        if h % 4 or w % 4:
+            raise ModelError(f"frame size {w}x{h} is not a multiple of 4 (pad the input first)")
+        pyramid = tuple(level.view(b, t, *level.shape[1:]) for level in self.extract(x.flatten(0, 1)))
+        return self.reconstruct_window(pyramid, x[:, self.config.center])

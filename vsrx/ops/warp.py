@@ -1,0 +1,60 @@
+"""Bilinear sampling at pixel coordinates and backward warping by a flow field.
+
+Project convention for flows and offsets: channel 0 is dy (vertical), channel 1 is dx
+(horizontal), both in pixels, and warping means ``out(p) = x(p + flow(p))``. Pixel ``(i, j)``
+has its centre at coordinate ``(i, j)``. With ``padding_mode="zeros"`` each bilinear corner
+that falls outside the image contributes zero, exactly as in torchvision's ``deform_conv2d``;
+with ``"border"`` the sampling point is clamped into the image first (as BasicSR's SpyNet does).
+"""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vsrx.errors import InputError
+
+PaddingMode = Literal["zeros", "border"]
+
+
+def sample_bilinear(x: Tensor, coords: Tensor, padding_mode: PaddingMode = "zeros") -> Tensor:
+    """Sample ``x`` (B,C,H,W) bilinearly at absolute pixel coordinates ``coords`` (B,2,h,w).
+
+    ``coords[:, 0]`` is the row (y) and ``coords[:, 1]`` the column (x); the result is (B,C,h,w).
+    """
+    if x.dim() != 4 or coords.dim() != 4 or coords.shape[1] != 2 or coords.shape[0] != x.shape[0]:
+        raise InputError(
+            f"sample_bilinear needs x (B,C,H,W) and coords (B,2,h,w), got {tuple(x.shape)} "
+            f"and {tuple(coords.shape)}"
+        )
+    if padding_mode not in ("zeros", "border"):
+        raise InputError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    height, width = x.shape[-2:]
+    # Pixel centre i maps to (2i + 1) / size - 1 under align_corners=False; valid for size 1 too.
+    grid_y = (2.0 * coords[:, 0] + 1.0) / height - 1.0
+    grid_x = (2.0 * coords[:, 1] + 1.0) / width - 1.0
+    grid = torch.stack((grid_x, grid_y), dim=-1).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def pixel_grid(height: int, width: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Return the (1,2,H,W) tensor of pixel coordinates, channel 0 = row, channel 1 = column."""
+    ys = torch.arange(height, dtype=dtype, device=device)
+    xs = torch.arange(width, dtype=dtype, device=device)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=0).unsqueeze(0)
+
+
+def flow_warp(x: Tensor, flow: Tensor, padding_mode: PaddingMode = "zeros") -> Tensor:
+    """Backward-warp ``x`` (B,C,H,W) by ``flow`` (B,2,H,W) in (dy, dx): ``out(p) = x(p + flow(p))``."""
+    if x.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
+        raise InputError(
+            f"flow_warp needs x (B,C,H,W) and flow (B,2,H,W), got {tuple(x.shape)} "
+            f"and {tuple(flow.shape)}"
+        )
+    if flow.shape[0] != x.shape[0] or flow.shape[-2:] != x.shape[-2:]:
+        raise InputError(
+            f"flow {tuple(flow.shape)} does not match the batch and size of x {tuple(x.shape)}"
+        )
+    base = pixel_grid(x.shape[2], x.shape[3], dtype=flow.dtype, device=flow.device)
+    return sample_bilinear(x, base + flow, padding_mode)
