@@ -47,12 +47,16 @@ def make_clip(
     subtitles: bool = False,
     pix_fmt: str | None = None,
     faststart: bool = False,
+    color: dict[str, int] | None = None,
+    sar: Fraction | None = None,
 ) -> Path:
     """Write a libx264 clip of `frames` moving-pattern frames; returns the path.
 
     Odd sizes default to yuv444p (x264 needs even sizes for 4:2:0). `vfr` uses ms
     timestamps cycling VFR_STEPS_MS; `audio` adds a mono AAC sine; `subtitles` adds a
-    SubRip stream (mkv only); `faststart` moves the mp4 index to the front.
+    SubRip stream (mkv only); `faststart` moves the mp4 index to the front; `color` sets
+    color_range/color_primaries/color_trc/colorspace tags (and the matrix used to make YUV);
+    `sar` sets a pixel aspect ratio.
     """
     path = Path(path)
     width, height = size
@@ -63,6 +67,12 @@ def make_clip(
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.codec_context.options = {"preset": "ultrafast", "crf": "20"}
+        if sar is not None:
+            video.codec_context.sample_aspect_ratio = sar
+        for key, value in (color or {}).items():
+            setattr(video.codec_context, key, value)
+        space = (color or {}).get("colorspace")
+        range_ = (color or {}).get("color_range")
         if vfr:
             video.codec_context.time_base = Fraction(1, 1000)
             stamps = vfr_pts(frames)
@@ -76,7 +86,9 @@ def make_clip(
         if subs is not None:
             subs.time_base = Fraction(1, 1000)
         for i, pts in enumerate(stamps):
-            frame = av.VideoFrame.from_ndarray(pattern(i, size), format="rgb24").reformat(format=pix_fmt)
+            frame = av.VideoFrame.from_ndarray(pattern(i, size), format="rgb24").reformat(
+                format=pix_fmt, dst_colorspace=space, src_color_range=2, dst_color_range=range_
+            )
             frame.pts = pts
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
@@ -84,6 +96,38 @@ def make_clip(
             _write_audio(out, sound, seconds)
         if subs is not None:
             _write_subtitles(out, subs, seconds)
+    return path
+
+
+def make_audio_only(path: str | Path, seconds: float = 0.3) -> Path:
+    """Write a file with one AAC stream and no video."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        _write_audio(out, out.add_stream("aac", rate=AUDIO_RATE, layout="mono"), seconds)
+    return path
+
+
+def make_undecodable(path: str | Path, frames: int = 6) -> Path:
+    """Write an mkv whose H.264 stream has valid headers but garbage in every packet."""
+    path = Path(path)
+    good = make_clip(path.with_name(f"good-{path.name}"), frames=frames)
+    with av.open(str(good)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.size:
+                junk = av.Packet(b"\x00\x00\x01" + bytes(packet.size))
+                junk.stream, junk.time_base = stream, packet.time_base
+                junk.pts, junk.dts = packet.pts, packet.dts
+                out.mux(junk)
+    good.unlink()
+    return path
+
+
+def truncate(path: str | Path, keep: float = 0.6) -> Path:
+    """Cut a file to the first `keep` fraction of its bytes, in place."""
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
     return path
 
 
@@ -120,7 +164,7 @@ def make_frame_folder(
     ext: str = "png",
     names: list[str] | None = None,
 ) -> Path:
-    """Write `frames` pattern images named frame1.<ext>, frame2.<ext>, ... (or `names`); returns the folder."""
+    """Write pattern images frame1.<ext>, frame2.<ext>, ... (or `names`); returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     names = names or [f"frame{i + 1}.{ext}" for i in range(frames)]

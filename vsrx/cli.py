@@ -11,7 +11,7 @@ from rich.console import Console
 import vsrx
 from vsrx.errors import UsageError, VsrxError
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, log_path=False)
 
 
 class VsrxGroup(click.Group):
@@ -52,9 +52,53 @@ def upscale(src: str, dst: str) -> None:
 
 
 @main.command()
-def train() -> None:
-    """Train a model."""
-    not_yet("train")
+@click.option("--dataset", type=click.Choice(["reds", "vimeo90k", "videos", "synthetic"]), default="synthetic", show_default=True, help="Training data layout.")
+@click.option("--root", type=click.Path(), help="Dataset root (synthetic: optional folder of videos/frames used as stills).")
+@click.option("--synthetic-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of samples rendered with synthetic motion (exact flow) from still frames of the data.")
+@click.option("--exclude", multiple=True, help="Clip or file names to leave out (repeatable), e.g. held-out clips.")
+@click.option("--out", default="runs/vsrx", show_default=True, help="Run directory: checkpoints, metrics, final weights.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
+@click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]), default="edvr-m", show_default=True)
+@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), default="dcn", show_default=True)
+@click.option("--offsets", type=click.IntRange(1), help="Offsets N per group (decomp; 9 for dcn, 1 for flow).")
+@click.option("--groups", type=click.IntRange(1), help="Deformable groups G (default: the preset's).")
+@click.option("--frames", type=click.IntRange(1), default=7, show_default=True, help="Window length T (odd).")
+@click.option("--tsa/--no-tsa", "with_tsa", default=None, help="TSA fusion (default: the preset's).")
+@click.option("--init-from", type=click.Path(), help="Start from these weights (non-strict for a new fusion module).")
+@click.option("--freeze-except", help="Train only parameters with this name prefix (e.g. fusion) ...")
+@click.option("--freeze-iters", type=click.IntRange(0), default=0, show_default=True, help="... for this many first iterations.")
+@click.option("--iters", type=click.IntRange(1), default=600_000, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=32, show_default=True, help="Global batch size.")
+@click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="LR patch size.")
+@click.option("--lr", type=float, default=4e-4, show_default=True, help="Peak learning rate (Adam, betas 0.9/0.99).")
+@click.option("--restarts", type=click.IntRange(1), default=4, show_default=True, help="Cosine annealing periods.")
+@click.option("--eta-min", type=float, default=1e-7, show_default=True)
+@click.option("--grad-clip", type=float, help="Clip the gradient norm to this value.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto: fp16 AMP on CUDA, fp32 on CPU.")
+@click.option("--offset-fidelity", type=float, default=0.0, show_default=True, help="Offset-fidelity loss weight lambda (0: off).")
+@click.option("--fidelity-threshold", type=float, default=10.0, show_default=True, help="Threshold t in pixels.")
+@click.option("--flow", type=click.Choice(["auto", "gt", "spynet"]), default="auto", show_default=True, help="Flow for the fidelity loss: synthetic ground truth or SPyNet.")
+@click.option("--spynet", type=click.Path(), help="SPyNet weights (default: the bundled ones).")
+@click.option("--dcn-impl", type=click.Choice(["auto", "torchvision", "decomp"]), default="auto", show_default=True, help="How dcn trains: auto uses the exact decomp-9 form on CPU, where it is faster.")
+@click.option("--val", multiple=True, type=click.Path(exists=True), help="Held-out video or frame folder to validate on (repeatable).")
+@click.option("--val-every", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--val-frames", type=click.IntRange(1), default=30, show_default=True, help="Frames per validation clip.")
+@click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--save-every", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(0), help="Data-loading processes (default: 0 on CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank).")
+def train(resume: bool, **options) -> None:
+    """Train an EDVR model (the paper's recipe by default), resumable, DDP under torchrun."""
+    from vsrx.train.trainer import TrainConfig, train as run_training
+
+    options["exclude"] = tuple(options["exclude"])
+    options["val"] = tuple(options["val"])
+    if options["frames"] % 2 == 0:
+        raise UsageError(f"--frames must be odd, got {options['frames']}")
+    cfg = TrainConfig(**options)
+    path = run_training(cfg, resume=resume, log=lambda msg: err_console.log(msg, highlight=False))
+    click.echo(f"weights: {path}")
 
 
 @main.command(name="eval")

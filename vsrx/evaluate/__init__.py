@@ -1,0 +1,1 @@
+"""Evaluation: MATLAB-compatible bicubic, PSNR/SSIM, benchmark datasets and the scoring runner."""

@@ -47,6 +47,7 @@ class FrameSource(ABC):
     time_base: Fraction | None
     pix_fmt: str | None
     color: dict[str, int]
+    sample_aspect_ratio: Fraction | None = None
     has_audio: bool = False
     has_subtitles: bool = False
     decoded: int = 0
@@ -69,7 +70,10 @@ class FrameSource(ABC):
 
 
 class VideoSource(FrameSource):
-    """Frames of the first video stream of a media file, decoded to rgb24."""
+    """Frames of the first video stream of a media file, decoded to rgb24.
+
+    A mid-stream resolution change is scaled back to the first frame's size.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -81,19 +85,25 @@ class VideoSource(FrameSource):
             self.width, self.height = first.width, first.height
             self.pix_fmt = first.format.name
             self.color = {
-                key: int(getattr(first, key))
+                key: value
                 for key, unspecified in UNSPECIFIED_COLOR.items()
-                if int(getattr(first, key)) != unspecified
+                if (value := int(getattr(first, key))) != unspecified
             }
             self.time_base = stream.time_base
+            self._end = (
+                stream.start_time + stream.duration
+                if stream.duration and stream.start_time is not None
+                else None
+            )
             self.fps = stream.average_rate or stream.guessed_rate
+            self.sample_aspect_ratio = stream.sample_aspect_ratio or None
             self.has_audio = bool(container.streams.audio)
             self.has_subtitles = bool(container.streams.subtitles)
             self._stream_index = stream.index
             self.num_frames, self.frame_count_source = stream.frames, "header"
         if not self.num_frames:
             self.num_frames, self.frame_count_source = self._count_packets(), "packets"
-        self.decode_errors = 0
+        self.decode_errors, self.truncated = 0, False
 
     def _count_packets(self) -> int:
         """Count the video stream's packets by demuxing (no decoding)."""
@@ -110,16 +120,40 @@ class VideoSource(FrameSource):
         self.decoded = self.decode_errors = 0
         self.truncated = False
         reformatter = VideoReformatter()
+        guess = _PtsGuess()
+        held: tuple[av.VideoFrame, int | None] | None = None
         with _open_media(self.path) as container:
             stream = container.streams[self._stream_index]
             stream.thread_type = "AUTO"
-            for index, frame in enumerate(_decode(container, stream, self)):
-                rgb = reformatter.reformat(
-                    frame, format="rgb24", src_color_range=frame.color_range, dst_color_range=ColorRange.JPEG
-                ).to_ndarray()
-                self.decoded = index + 1
-                yield Frame(index, rgb, frame.pts, frame.time, frame.duration or None)
-        self.truncated = self.decoded < self.num_frames or self.truncated
+            for frame in _decode(container, stream, self):
+                pts = guess(frame)
+                if held is not None:
+                    step = None if pts is None or held[1] is None else pts - held[1]
+                    yield self._frame(reformatter, *held, step)
+                held = (frame, pts)
+            if held is not None:
+                self.truncated = self.truncated or self.decoded + 1 < self.num_frames
+                end = None if self.truncated or self._end is None or held[1] is None else self._end - held[1]
+                yield self._frame(reformatter, *held, end)
+        self.truncated = self.truncated or self.decoded < self.num_frames
+
+    def _frame(
+        self, reformatter: VideoReformatter, frame: av.VideoFrame, pts: int | None, duration: int | None
+    ) -> Frame:
+        """Convert a decoded frame to a Frame; `duration` falls back to the packet's when not positive."""
+        rgb = reformatter.reformat(
+            frame,
+            width=self.width,
+            height=self.height,
+            format="rgb24",
+            src_color_range=frame.color_range,
+            dst_color_range=ColorRange.JPEG,
+        ).to_ndarray()
+        index, self.decoded = self.decoded, self.decoded + 1
+        time = None if pts is None else pts * self.time_base.numerator / self.time_base.denominator
+        if duration is None or duration <= 0:
+            duration = frame.duration or None
+        return Frame(index, rgb, pts, time, duration)
 
 
 class FolderSource(FrameSource):
@@ -132,11 +166,17 @@ class FolderSource(FrameSource):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.files = sorted(
-            (p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+            (
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            ),
             key=natural_key,
         )
         if not self.files:
-            raise InputError(f"{path}: no image frames ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder")
+            raise InputError(
+                f"{path}: no image frames ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder"
+            )
         self.num_frames = len(self.files)
         first = _read_image(self.files[0])
         self.width, self.height = first.width, first.height
@@ -213,6 +253,32 @@ def _decode(
             source.decode_errors += 1
         if packet is None:
             return
+
+
+class _PtsGuess:
+    """Best-effort frame timestamps, as FFmpeg guesses them: the frame's pts unless pts runs
+    backwards more often than the packet dts does (e.g. AVI with B-frames), then the dts."""
+
+    def __init__(self) -> None:
+        self.last_pts: int | None = None
+        self.last_dts: int | None = None
+        self.bad_pts = self.bad_dts = 0
+
+    def __call__(self, frame: av.VideoFrame) -> int | None:
+        pts, dts = frame.pts, frame.dts
+        if dts is not None:
+            self.bad_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
+        if pts is not None:
+            self.bad_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        elif dts is not None:
+            self.last_pts = dts
+        if pts is not None and (dts is None or self.bad_pts <= self.bad_dts):
+            return pts
+        return dts
 
 
 def _read_image(file: Path) -> av.VideoFrame:

@@ -24,6 +24,7 @@ def frame_indices(center: int, num_frames: int, total: int, padding: str = "refl
         indices.append(index if 0 <= index <= last else _fold(index, total, padding))
     return indices
 
+
 def training_window(center: int, num_frames: int, total: int) -> list[int]:
     """`num_frames` consecutive indices around `center`, shifted to fit inside the clip (never padded).
 

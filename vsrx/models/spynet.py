@@ -12,14 +12,12 @@ Flow conventions: :meth:`SpyNet.forward` returns BasicSR's (x, y) channel order;
 """
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from vsrx.errors import InputError, ModelError
+from vsrx.errors import InputError
 from vsrx.ops.warp import flow_warp
 
 NUM_LEVELS = 6
@@ -93,36 +91,3 @@ class SpyNet(nn.Module):
     def flow_dy_dx(self, ref: Tensor, supp: Tensor) -> Tensor:
         """Return the flow from ``ref`` to ``supp`` in the project's (dy, dx) order."""
         return self(ref, supp).flip(1)
-
-    def load_pretrained(self, path: str | Path) -> None:
-        """Load BasicSR-layout weights (.pth with or without a 'params' entry, or .safetensors).
-
-        Stray ``mean``/``std`` entries (saved by BasicSR's training code) are ignored.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise ModelError(f"SpyNet weights not found: {path}")
-        try:
-            if path.suffix == ".safetensors":
-                state = load_file(path)
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unreadable or unsafe file becomes one clear line
-            raise ModelError(f"cannot read SpyNet weights {path}: {exc}".splitlines()[0]) from exc
-        if isinstance(state, dict) and isinstance(state.get("params"), dict):
-            state = state["params"]
-        if not isinstance(state, dict):
-            raise ModelError(f"{path} does not hold a SpyNet state dict")
-        state = {key: value for key, value in state.items() if key not in ("mean", "std")}
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ModelError(
-                f"{path} is not a SpyNet checkpoint: {len(missing)} missing keys "
-                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
-            )
-        for key, tensor in own.items():
-            if not isinstance(state[key], Tensor) or state[key].shape != tensor.shape:
-                raise ModelError(f"{path}: {key} should be a tensor of shape {tuple(tensor.shape)}")
-        self.load_state_dict(state, strict=True)

@@ -16,9 +16,10 @@ so warping samples the occluder there (or zero outside the frame); background th
 shows but the centre frame hides (disocclusion) is reached by no centre pixel.
 """
 
+import itertools
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from vsrx.errors import InputError
 from vsrx.ops.warp import pixel_grid, sample_bilinear
 
 Motion = Literal["none", "integer", "pan", "zoom", "rotate", "affine", "random"]
-MOTIONS: tuple[str, ...] = ("none", "integer", "pan", "zoom", "rotate", "affine", "random")
+MOTIONS: tuple[str, ...] = get_args(Motion)
 _RANDOM_CAMERA = ("pan", "zoom", "rotate", "affine")
 _RANDOM_LAYER = ("pan", "affine")
 _LAYER_SPEED = 1.5  # layers move up to this many times faster than the camera
@@ -36,7 +37,7 @@ _MAX_HALVINGS = 12
 
 
 def procedural_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """Return a random (h, w, 3) uint8 image: gradient, sinusoids, then rectangles and discs."""
+    """Return a random (h, w, 3) uint8 image: gradient and sinusoids under textured rectangles and ellipses."""
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     image = ys[..., None] / h * rng.uniform(-1, 1, 3) + xs[..., None] / w * rng.uniform(-1, 1, 3)
     for _ in range(rng.integers(6, 13)):
@@ -52,9 +53,14 @@ def procedural_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
             inside = (np.abs(ys - cy) <= ry) & (np.abs(xs - cx) <= rx)
         else:
             inside = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+        frequency, angle = rng.uniform(1 / 32, 1 / 6), rng.uniform(0, math.pi)
+        along = 2 * math.pi * frequency * (math.cos(angle) * ys[inside] + math.sin(angle) * xs[inside])
+        across = 2 * math.pi * frequency * (math.cos(angle) * xs[inside] - math.sin(angle) * ys[inside])
+        pattern = np.sin(along + rng.uniform(0, 2 * math.pi)) * np.sin(across + rng.uniform(0, 2 * math.pi))
+        fill = rng.uniform(0, 1, 3) + rng.uniform(0.05, 0.3) * pattern[:, None]
         opacity = rng.uniform(0.5, 1.0)
-        image[inside] = (1 - opacity) * image[inside] + opacity * rng.uniform(0, 1, 3)
-    return np.round(image * 255).astype(np.uint8)
+        image[inside] = (1 - opacity) * image[inside] + opacity * fill
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,11 @@ class _Shape:
     aspect: float
     harmonics: np.ndarray  # (3, 2): amplitude and phase of the blob's 2nd-4th harmonics
 
+    @property
+    def reach(self) -> int:
+        """Half-size of a square around the centre outside which the mask is zero."""
+        return math.ceil(self.radius) + 2
+
     def distance(self, u: Tensor) -> Tensor:
         """Approximate signed distance in pixels (negative inside) at layer coordinates u (2,h,w)."""
         cos, sin = math.cos(self.angle), math.sin(self.angle)
@@ -163,27 +174,24 @@ class _Shape:
 class _Layer:
     shape: _Shape
     trajectory: _Trajectory  # pivot = the layer's centre in the centre frame
-    source: np.ndarray  # (y, x) of the layer's centre in the source image
+    source: np.ndarray  # integer (y, x) of the layer's centre in the source image
 
 
 def _draw_layer(
     kind: str, out_size: tuple[int, int], image_size: tuple[int, int], max_shift: float, rng: np.random.Generator
 ) -> _Layer:
     h, w = out_size
-    radius = rng.uniform(0.12, 0.3) * min(h, w)
     shape = _Shape(
         kind=("ellipse", "rectangle", "blob")[rng.integers(3)],
-        radius=radius,
+        radius=rng.uniform(0.12, 0.3) * min(h, w),
         angle=rng.uniform(0, math.pi),
         aspect=rng.uniform(0.4, 1.0),
         harmonics=np.stack([rng.uniform(0.2, 1.0, 3), rng.uniform(0, 2 * math.pi, 3)], axis=1),
     )
-    pivot = np.array([rng.integers(round(0.15 * h), round(0.85 * h) + 1), rng.integers(round(0.15 * w), round(0.85 * w) + 1)])
-    margin = math.ceil(radius) + 2
-    source = np.array(
-        [rng.integers(margin, size - margin) if size > 2 * margin else size // 2 for size in image_size]
-    )
-    return _Layer(shape, _draw_trajectory(kind, pivot.astype(np.float64), _LAYER_SPEED * max_shift, rng), source)
+    pivot = np.array([rng.integers(round(0.15 * n), round(0.85 * n) + 1) for n in (h, w)], dtype=np.float64)
+    reach = shape.reach
+    source = np.array([rng.integers(reach, n - reach) if n > 2 * reach else n // 2 for n in image_size])
+    return _Layer(shape, _draw_trajectory(kind, pivot, _LAYER_SPEED * max_shift, rng), source)
 
 
 def _camera_offsets(camera: _Trajectory, out_size: tuple[int, int], num_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,18 +240,15 @@ def make_synthetic_clip(
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
         raise InputError(f"synthetic clips need an (H, W, 3) image, got shape {array.shape}")
-    if array.dtype == np.uint8:
-        array = array.astype(np.float64) / 255.0
-    elif np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float64)
-    else:
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"synthetic clips need a uint8 or float image, got {array.dtype}")
     if motion not in MOTIONS:
         raise InputError(f"unknown motion {motion!r}; choose from {', '.join(MOTIONS)}")
     h, w = out_size
     if num_frames < 1 or h < 1 or w < 1:
         raise InputError(f"need at least one frame of at least 1x1 pixels, got {num_frames} of {h}x{w}")
-    if array.shape[0] < h or array.shape[1] < w:
+    image_size = np.array(array.shape[:2])
+    if np.any(image_size < out_size):
         raise InputError(f"source image {array.shape[0]}x{array.shape[1]} is smaller than the clip size {h}x{w}")
     if num_layers is None:
         num_layers = int(rng.integers(0, 3)) if motion == "random" else 0
@@ -251,44 +256,51 @@ def make_synthetic_clip(
     def kind(choices: tuple[str, ...]) -> str:
         return choices[rng.integers(len(choices))] if motion == "random" else motion
 
-    centre = num_frames // 2
     camera = _draw_trajectory(kind(_RANDOM_CAMERA), np.array([h // 2, w // 2], dtype=np.float64), max_shift, rng)
-    for _ in range(_MAX_HALVINGS):
+    for halvings in itertools.count():
         low, high = _camera_offsets(camera, out_size, num_frames)
-        first = np.ceil(-low)
-        last = np.floor(np.array(array.shape[:2]) - 1 - high)
+        first, last = np.ceil(-low).astype(int), np.floor(image_size - 1 - high).astype(int)
         if np.all(first <= last):
             break
-        camera = camera.halved()
-    else:
-        camera = _draw_trajectory("none", camera.pivot, 0.0, rng)
-        low, high = _camera_offsets(camera, out_size, num_frames)
-        first, last = -low, np.array(array.shape[:2]) - 1 - high
-    # An integer anchor makes the centre frame an exact crop of the image.
-    anchor = np.array([rng.integers(first[0], last[0] + 1), rng.integers(first[1], last[1] + 1)], dtype=np.float64)
+        # A static camera always fits, since the image is at least the clip size.
+        static = _Trajectory(camera.pivot, np.zeros(2), np.zeros(2))
+        camera = camera.halved() if halvings < _MAX_HALVINGS else static
+    # The source point seen at the camera pivot; an integer makes the centre frame an exact crop.
+    anchor = np.array([rng.integers(first[0], last[0] + 1), rng.integers(first[1], last[1] + 1)])
     layers = [_draw_layer(kind(_RANDOM_LAYER), out_size, array.shape[:2], max_shift, rng) for _ in range(num_layers)]
 
-    source = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+    # Convert only the part of the image that the camera and the layer textures can reach.
+    boxes = [(np.floor(anchor + low), np.ceil(anchor + high))]
+    boxes += [(layer.source - layer.shape.reach, layer.source + layer.shape.reach) for layer in layers]
+    top = np.clip(np.min([box[0] for box in boxes], axis=0), 0, image_size - 1).astype(int)
+    bottom = np.clip(np.max([box[1] for box in boxes], axis=0), 0, image_size - 1).astype(int)
+    crop = array[top[0] : bottom[0] + 1, top[1] : bottom[1] + 1].astype(np.float64)
+    if array.dtype == np.uint8:
+        crop /= 255.0
+    source = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+
+    def column(vector: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.asarray(vector, dtype=np.float64))[:, None, None]
+
     grid = pixel_grid(h, w, dtype=torch.float64, device=source.device)[0]
     owner = torch.full((h, w), -1)
     for index, layer in enumerate(layers):
-        owner[layer.shape.distance(grid - torch.from_numpy(layer.trajectory.pivot)[:, None, None]) <= 0] = index
-
+        owner[layer.shape.distance(grid - column(layer.trajectory.pivot)) <= 0] = index
+    centre = num_frames // 2
     frames = torch.empty(num_frames, 3, h, w, dtype=torch.float64)
     flows = torch.empty(num_frames, 2, h, w, dtype=torch.float64)
     for t in range(num_frames):
         tau = t - centre
-        seen = _apply(*camera.inverse(tau), grid) - torch.from_numpy(camera.pivot)[:, None, None]
-        frame = sample_bilinear(source, (seen + torch.from_numpy(anchor)[:, None, None])[None])[0]
-        flows[t] = _apply(*camera.affine(tau), grid) - grid
+        seen = _apply(*camera.inverse(tau), grid) + column(anchor - top - camera.pivot)
+        frame = sample_bilinear(source, seen[None])[0]
+        flow = _apply(*camera.affine(tau), grid) - grid
         for index, layer in enumerate(layers):
-            local = _apply(*layer.trajectory.inverse(tau), grid) - torch.from_numpy(layer.trajectory.pivot)[:, None, None]
+            local = _apply(*layer.trajectory.inverse(tau), grid) - column(layer.trajectory.pivot)
             alpha = (0.5 - layer.shape.distance(local)).clamp(0, 1)
-            coords = local + torch.from_numpy(layer.source.astype(np.float64))[:, None, None]
-            texture = sample_bilinear(source, coords[None], padding_mode="border")[0]
+            texture = sample_bilinear(source, (local + column(layer.source - top))[None], padding_mode="border")[0]
             frame = alpha * texture + (1 - alpha) * frame
-            flows[t] = torch.where(owner == index, _apply(*layer.trajectory.affine(tau), grid) - grid, flows[t])
-        frames[t] = frame
+            flow = torch.where(owner == index, _apply(*layer.trajectory.affine(tau), grid) - grid, flow)
+        frames[t], flows[t] = frame, flow
     if noise_std > 0:
         frames = (frames + torch.from_numpy(rng.normal(0.0, noise_std, frames.shape))).clamp(0, 1)
     return frames.float(), flows.float()

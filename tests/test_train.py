@@ -1,0 +1,207 @@
+"""Training: dataset layouts, patches, the offset-fidelity loss, exact resume, atomic checkpoints, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from torchvision.io import write_png
+
+from clips import make_clip
+from vsrx.cli import main
+from vsrx.errors import InputError
+from vsrx.evaluate.bicubic import downscale_x4_uint8
+from vsrx.models import load_model
+from vsrx.ops.warp import flow_warp
+from vsrx.train.data import WindowPatches, load_clips
+from vsrx.train.losses import charbonnier, offset_fidelity
+from vsrx.train.trainer import TrainConfig, checkpoints, train
+
+
+def smooth_frames(n, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = []
+    for t in range(n):
+        img = np.stack([128 + 100 * np.sin((xx + 2 * t) / (5 + c) + rng.uniform()) * np.cos(yy / (7 + c)) for c in range(3)], -1)
+        frames.append(img.clip(0, 255).astype(np.uint8))
+    return frames
+
+
+def write_frames(folder: Path, frames, name=lambda i: f"{i:08d}.png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        write_png(torch.from_numpy(f).permute(2, 0, 1).contiguous(), str(folder / name(i)))
+
+
+@pytest.fixture
+def reds_root(tmp_path):
+    for clip in ("000", "001", "002"):
+        hr = smooth_frames(5, 48, 64, seed=int(clip))
+        write_frames(tmp_path / "train_sharp" / clip, hr)
+        write_frames(tmp_path / "train_sharp_bicubic" / "X4" / clip, [downscale_x4_uint8(f) for f in hr])
+    return tmp_path
+
+
+def test_reds_layout_holds_out_reds4_and_pairs_lr(reds_root):
+    clips = load_clips("reds", reds_root)
+    assert [c.name for c in clips] == ["001", "002"]  # 000 is a REDS4 clip
+    ds = WindowPatches(clips, 3, 8)
+    s = ds[0]
+    assert s["lr"].shape == (3, 3, 8, 8) and s["gt"].shape == (3, 32, 32) and s["has_flow"] == 0
+
+
+def test_vimeo_layout_with_and_without_lr_folder(tmp_path):
+    for seq in ("00001/0001", "00001/0002", "00002/0001"):
+        frames = smooth_frames(7, 32, 48)
+        write_frames(tmp_path / "sequences" / seq, frames, name=lambda i: f"im{i + 1}.png")
+    (tmp_path / "sep_trainlist.txt").write_text("00001/0001\n00001/0002\n00002/0001\n")
+    clips = load_clips("vimeo90k", tmp_path, exclude=("00002",))
+    assert [c.name for c in clips] == ["00001/0001", "00001/0002"] and clips[0].lr is None
+    assert WindowPatches(clips, 7, 8)[3]["lr"].shape == (7, 3, 8, 8)
+    for seq in ("00001/0001", "00001/0002", "00002/0001"):
+        write_frames(tmp_path / "vimeo_septuplet_matlabLRx4" / "sequences" / seq,
+                     [downscale_x4_uint8(f) for f in smooth_frames(7, 32, 48)], name=lambda i: f"im{i + 1}.png")
+    assert load_clips("vimeo90k", tmp_path)[0].lr is not None
+
+
+def test_videos_layout_walks_files_and_frame_folders(tmp_path):
+    make_clip(tmp_path / "a.mp4", frames=8, size=(64, 48))
+    make_clip(tmp_path / "held_out.mp4", frames=8, size=(64, 48))
+    write_frames(tmp_path / "sub" / "shot1", smooth_frames(6, 48, 64))
+    clips = load_clips("videos", tmp_path, exclude=("held_out.mp4",))
+    assert sorted(c.name for c in clips) == ["a.mp4", "sub/shot1"]
+    assert len(WindowPatches(clips, 5, 8)[1]["lr"]) == 5
+
+
+def test_real_patch_lr_equals_crop_of_full_frame_lr(tmp_path):
+    hr = smooth_frames(3, 64, 96)
+    write_frames(tmp_path / "clip", hr)
+    ds = WindowPatches(load_clips("videos", tmp_path), 3, 8, augment=False)
+    for index in range(6):
+        s = ds[index]
+        full = downscale_x4_uint8(hr[1])
+        gt = (s["gt"] * 255).round().byte().permute(1, 2, 0).numpy()
+        # Locate the patch by its GT crop, then compare the LR centre frame with the full-frame LR.
+        for top in range(0, 64 - 32 + 1, 4):
+            for left in range(0, 96 - 32 + 1, 4):
+                if np.array_equal(hr[1][top : top + 32, left : left + 32], gt):
+                    lr = (s["lr"][1] * 255).round().byte().permute(1, 2, 0).numpy()
+                    assert np.abs(lr.astype(int) - full[top // 4 : top // 4 + 8, left // 4 : left // 4 + 8]).max() <= 1
+                    break
+            else:
+                continue
+            break
+        else:
+            pytest.fail("GT patch not found in the HR frame")
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_synthetic_flow_stays_consistent_under_augmentation(index):
+    ds = WindowPatches([], 3, 24, synthetic=1.0)
+    s = ds[index]
+    assert s["has_flow"] == 1 and s["flow"].shape == (3, 2, 24, 24)
+    warped = flow_warp(s["lr"][[0]], s["flow"][[0]], padding_mode="border")
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))
+    err = (warped - s["lr"][[1]])[inner].abs().mean().item()
+    base = (s["lr"][[0]] - s["lr"][[1]])[inner].abs().mean().item()
+    assert err < 0.5 * base + 0.01
+
+
+def test_offset_fidelity_loss_values_and_gradient():
+    flow = torch.zeros(1, 2, 4, 4)
+    flow[:, 1] = 20.0  # dx = 20 px at the finest level
+    offsets = torch.zeros(1, 1, 2, 2, 4, 4, requires_grad=True)  # G=1, N=2
+    with torch.no_grad():
+        offsets[:, :, 0, 1] = 15.0  # |15 - 20| = 5 < t: no penalty
+    loss = offset_fidelity([offsets], flow, threshold=10.0)
+    # offset 0: dy 0 (ok), dx 15 (ok); offset 1: dy 0 (ok), dx 0 -> |0 - 20| = 20 > 10 on half its entries.
+    assert loss.item() == pytest.approx(20.0 / 2)
+    loss.backward()
+    assert offsets.grad[:, :, 1, 1].abs().sum() > 0 and offsets.grad[:, :, 0].abs().sum() == 0
+    assert offset_fidelity([offsets.detach()], flow, threshold=25.0).item() == 0
+    # At a coarser level (2x2) the flow is halved: 10 px, not above t = 10.
+    coarse = torch.zeros(1, 1, 1, 2, 2, 2)
+    assert offset_fidelity([coarse], flow, threshold=10.0).item() == 0
+    assert offset_fidelity([coarse], flow, threshold=9.0).item() == pytest.approx(10.0 / 2)
+    # Samples without flow are left out.
+    assert offset_fidelity([offsets.detach()], flow, 10.0, valid=torch.zeros(1)).item() == 0
+
+
+def test_charbonnier():
+    a = torch.zeros(2, 3)
+    assert charbonnier(a, a).item() == pytest.approx(1e-3)
+    assert charbonnier(a, a + 1).item() == pytest.approx(np.sqrt(1 + 1e-6))
+
+
+def tiny_cfg(out, **kw):
+    base = dict(dataset="synthetic", out=str(out), preset="edvr-s", align="decomp", offsets=3, groups=2, frames=3,
+                batch=2, patch=8, log_every=1, save_every=2, seed=3, workers=0, device="cpu", offset_fidelity=0.5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(tiny_cfg(tmp_path / "a", iters=4), log=lambda *a: None)
+    train(tiny_cfg(tmp_path / "b", iters=2), log=lambda *a: None)
+    resumed = train(tiny_cfg(tmp_path / "b", iters=4), resume=True, log=lambda *a: None)
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all("fidelity" in x and "offset_mean" in x for x in lines)
+
+
+def test_checkpoints_are_atomic_and_dcn_is_saved_in_dcn_layout(tmp_path):
+    cfg = tiny_cfg(tmp_path, align="dcn", offsets=None, iters=4, save_every=1, keep=2)
+    weights = train(cfg, log=lambda *a: None)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    assert load_file(str(tmp_path / "ckpt" / "step_00000004" / "model.safetensors"))["pcd_align.cas_dcnpack.weight"].shape[-1] == 1
+    model = load_model(weights)
+    assert model.config.align == "dcn" and model.pcd_align.cas_dcnpack.weight.shape[-2:] == (3, 3)
+    # A checkpoint being written when the process died is ignored on resume.
+    (tmp_path / "ckpt" / ".tmp_step_00000005").mkdir()
+    (tmp_path / "ckpt" / ".tmp_step_00000005" / "model.safetensors").write_bytes(b"partial")
+    train(tiny_cfg(tmp_path, align="dcn", offsets=None, iters=5, save_every=1), resume=True, log=lambda *a: None)
+    assert checkpoints(tmp_path)[-1].name == "step_00000005"
+
+
+def test_cli_train_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--dataset", "reds", "--root", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "REDS layout expected" in result.output and "Traceback" not in result.output
+    result = runner.invoke(main, ["train", "--dataset", "videos"])
+    assert result.exit_code == 2 and "--root is required" in result.output
+    result = runner.invoke(main, ["train", "--resume", "--out", str(tmp_path / "empty"), "--dataset", "synthetic"])
+    assert result.exit_code == 1 and "no complete checkpoint" in result.output
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    write_frames(tmp_path / "clip", smooth_frames(3, 32, 32))
+    (tmp_path / "clip" / "00000001.png").write_bytes(b"not a png")
+    ds = WindowPatches(load_clips("videos", tmp_path), 3, 8)
+    with pytest.raises(InputError, match="00000001.png"):
+        ds[0]
+
+
+def test_ddp_step_matches_single_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo), global batch 4 == one process with batch 4."""
+    args = ["train", "--dataset", "synthetic", "--preset", "edvr-s", "--align", "decomp", "--offsets", "2", "--groups", "2",
+            "--frames", "3", "--batch", "4", "--patch", "8", "--iters", "1", "--lr", "1e-3", "--seed", "5", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "vsrx", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                          "-m", "vsrx", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,264 @@
+"""Training data: clips from REDS, Vimeo-90K, video/frame folders or synthetic motion, cut into
+random LR/HR window patches with MATLAB-bicubic LR generated on the fly.
+
+Every sample is a pure function of (seed, index), so a run resumes, and shards across ranks,
+without saving any data-loader state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+from vsrx.errors import InputError, UsageError
+from vsrx.evaluate.bicubic import imresize
+from vsrx.io.reader import natural_key, open_source
+from vsrx.io.windows import training_window
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".y4m", ".ts", ".flv", ".mpg", ".mpeg"}
+REDS4 = ("000", "011", "015", "020")
+DATASETS = ("reds", "vimeo90k", "videos", "synthetic")
+MARGIN = 2  # LR pixels of context around a patch: the x1/4 bicubic kernel reaches 2 LR pixels out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB; InputError naming the file when it cannot be decoded."""
+    try:
+        data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+        return decode_image(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+    except (RuntimeError, OSError, ValueError) as e:
+        raise InputError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+@dataclass
+class Clip:
+    """A training clip: HR frames (image paths or an in-memory uint8 array) and optional stored LR paths."""
+
+    name: str
+    frames: list[Path] | np.ndarray
+    lr: list[Path] | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def hr(self, i: int) -> np.ndarray:
+        f = self.frames[i]
+        return f if isinstance(f, np.ndarray) else read_image(f)
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=natural_key)
+
+
+def reds_clips(root: Path, val_clips: tuple[str, ...] = REDS4) -> list[Clip]:
+    """REDS train_sharp/<clip>/ with train_sharp_bicubic/X4/<clip>/ (or without X4), minus the validation clips."""
+    hr_root = root / "train_sharp"
+    lr_root = root / "train_sharp_bicubic" / "X4"
+    if not lr_root.is_dir():
+        lr_root = root / "train_sharp_bicubic"
+    if not hr_root.is_dir() or not lr_root.is_dir():
+        raise InputError(f"REDS layout expected: {hr_root}/<clip>/%08d.png and {root / 'train_sharp_bicubic/X4'}/<clip>/%08d.png")
+    clips = []
+    for folder in sorted(p for p in hr_root.iterdir() if p.is_dir() and p.name not in val_clips):
+        hr, lr = image_files(folder), image_files(lr_root / folder.name) if (lr_root / folder.name).is_dir() else []
+        if len(hr) != len(lr):
+            raise InputError(f"REDS clip {folder.name}: {len(hr)} HR frames but {len(lr)} LR frames in {lr_root / folder.name}")
+        clips.append(Clip(folder.name, hr, lr))
+    if not clips:
+        raise InputError(f"no REDS training clips under {hr_root}")
+    return clips
+
+
+def vimeo_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
+    """Vimeo-90K sequences/<5 digits>/<4 digits>/im1..im7.png, listed by sep_trainlist.txt when present."""
+    seq_root = root / "sequences"
+    if not seq_root.is_dir():
+        raise InputError(f"Vimeo-90K layout expected: {seq_root}/XXXXX/XXXX/im1.png ... im7.png")
+    listing = root / "sep_trainlist.txt"
+    if listing.is_file():
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    else:
+        names = sorted(f"{a.name}/{b.name}" for a in seq_root.iterdir() if a.is_dir() for b in a.iterdir() if b.is_dir())
+    lr_root = next((p / "sequences" if (p / "sequences").is_dir() else p for p in sorted(root.glob("*matlabLRx4"))), None)
+    clips = []
+    for name in names:
+        if any(part in exclude for part in Path(name).parts) or name in exclude:
+            continue
+        hr = [seq_root / name / f"im{i}.png" for i in range(1, 8)]
+        missing = next((p for p in hr if not p.is_file()), None)
+        if missing:
+            raise InputError(f"Vimeo-90K septuplet {name}: missing {missing}")
+        lr = [lr_root / name / f"im{i}.png" for i in range(1, 8)] if lr_root else None
+        clips.append(Clip(name, hr, lr))
+    if not clips:
+        raise InputError(f"no Vimeo-90K septuplets under {seq_root}")
+    return clips
+
+
+def excluded(path: Path, root: Path, exclude: tuple[str, ...]) -> bool:
+    rel = path.relative_to(root)
+    return any(part in exclude for part in rel.parts) or str(rel) in exclude
+
+
+def video_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
+    """Every video file (decoded into memory) and every folder of frames under root, recursively."""
+    if not root.exists():
+        raise InputError(f"training root not found: {root}")
+    clips = []
+    candidates = [root] if root.is_file() else sorted([root, *root.rglob("*")], key=natural_key)
+    for path in candidates:
+        if excluded(path, root if root.is_dir() else root.parent, exclude):
+            continue
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+            source = open_source(path)
+            clips.append(Clip(str(path.relative_to(root) if root.is_dir() else path.name), np.stack([f.rgb for f in source])))
+        elif path.is_dir():
+            files = image_files(path)
+            if files:
+                clips.append(Clip(str(path.relative_to(root)) or path.name, files))
+    if not clips:
+        raise InputError(f"no video files or frame folders found under {root}")
+    return clips
+
+
+def load_clips(dataset: str, root: Path | None, exclude: tuple[str, ...] = ()) -> list[Clip]:
+    """The clips of a dataset layout ('synthetic' uses the frames of any videos/folders under root as stills)."""
+    if dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "synthetic" and root is None:
+        return []
+    if root is None:
+        raise UsageError(f"--root is required for --dataset {dataset}")
+    root = Path(root)
+    if dataset == "reds":
+        return reds_clips(root, tuple(exclude) or REDS4)
+    if dataset == "vimeo90k":
+        return vimeo_clips(root, exclude)
+    return video_clips(root, exclude)
+
+
+def _to_lr(hr: Tensor) -> Tensor:
+    """MATLAB-bicubic x1/4 of uint8-valued float HR (..., H, W), rounded like a stored 8-bit LR frame."""
+    return imresize(hr, 0.25).clamp_(0, 255).round_()
+
+
+class WindowPatches(Dataset):
+    """Random (LR window, HR centre) patch pairs; item i is fixed by (seed, i).
+
+    Returns dict lr (T, 3, p, p), gt (3, 4p, 4p) float in [0, 1], flow (T, 2, p, p) in LR
+    pixels, (dy, dx), centre -> frame t, and has_flow (1 for synthetic samples, whose flow is
+    exact; 0 and zero flow for real ones). ``synthetic`` is the fraction of samples rendered
+    with synthetic motion from still frames of the clips (procedural textures without clips).
+    """
+
+    def __init__(
+        self,
+        clips: list[Clip],
+        num_frame: int,
+        patch: int = 64,
+        *,
+        synthetic: float = 0.0,
+        augment: bool = True,
+        temporal_reverse: bool = True,
+        seed: int = 0,
+        length: int = 10**9,
+    ) -> None:
+        self.clips, self.num_frame, self.patch = clips, num_frame, patch
+        self.synthetic, self.augment, self.temporal_reverse = synthetic, augment, temporal_reverse
+        self.seed, self.length = seed, length
+        if synthetic < 1:
+            short = [c.name for c in clips if len(c) < num_frame]
+            if short:
+                raise InputError(f"clip {short[0]} has fewer frames than the {num_frame}-frame window")
+        weights = np.array([max(len(c), 1) for c in clips], dtype=np.float64)
+        self.weights = weights / weights.sum() if len(clips) else weights
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        if rng.random() < self.synthetic:
+            sample = {**self._synthetic(rng), "has_flow": torch.tensor(1.0)}
+        else:
+            flow = torch.zeros(self.num_frame, 2, self.patch, self.patch)
+            sample = {**self._real(rng), "flow": flow, "has_flow": torch.tensor(0.0)}
+        return self._augment(sample, rng) if self.augment else sample
+
+    def _real(self, rng: np.random.Generator) -> dict[str, Tensor]:
+        clip = self.clips[rng.choice(len(self.clips), p=self.weights)]
+        window = training_window(int(rng.integers(len(clip))), self.num_frame, len(clip))
+        p = self.patch
+        if clip.lr is not None:
+            lr_frames = [read_image(clip.lr[i]) for i in window]
+            h, w = lr_frames[0].shape[:2]
+            top, left = self._corner(rng, h, w)
+            lr = np.stack([f[top : top + p, left : left + p] for f in lr_frames])
+            gt = clip.hr(window[self.num_frame // 2])[4 * top : 4 * (top + p), 4 * left : 4 * (left + p)]
+            if gt.shape[:2] != (4 * p, 4 * p):
+                raise InputError(f"clip {clip.name}: HR frame is not 4x its LR frame")
+            return {"lr": torch.from_numpy(lr).permute(0, 3, 1, 2).float() / 255, "gt": torch.from_numpy(gt).permute(2, 0, 1).float() / 255}
+        hr = np.stack([clip.hr(i) for i in window])
+        h, w = hr.shape[1] // 4, hr.shape[2] // 4
+        top, left = self._corner(rng, h, w)
+        # Crop HR with up to MARGIN LR pixels of context, so the LR patch equals the crop of a full-frame LR.
+        mt, ml = min(MARGIN, top), min(MARGIN, left)
+        mb, mr = min(MARGIN, h - top - p), min(MARGIN, w - left - p)
+        crop = hr[:, 4 * (top - mt) : 4 * (top + p + mb), 4 * (left - ml) : 4 * (left + p + mr)]
+        crop = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).float()
+        lr = _to_lr(crop)[:, :, mt : mt + p, ml : ml + p]
+        gt = crop[self.num_frame // 2, :, 4 * mt : 4 * (mt + p), 4 * ml : 4 * (ml + p)]
+        return {"lr": lr / 255, "gt": gt / 255}
+
+    def _corner(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
+        p = self.patch
+        if h < p or w < p:
+            raise InputError(f"LR frames of {w}x{h} are smaller than the {p}x{p} training patch")
+        return int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+
+    def _synthetic(self, rng: np.random.Generator) -> dict[str, Tensor]:
+        from vsrx.train.synthetic import make_synthetic_clip, procedural_texture
+
+        p, m = self.patch, MARGIN
+        size = 4 * (p + 2 * m)
+        if self.clips:
+            clip = self.clips[rng.choice(len(self.clips), p=self.weights)]
+            still = clip.hr(int(rng.integers(len(clip))))
+        else:
+            still = procedural_texture(2 * size, 2 * size, rng)
+        frames, flows = make_synthetic_clip(still, self.num_frame, (size, size), rng, max_shift=float(rng.uniform(0.5, 16.0)))
+        hr = (frames * 255).round_()
+        lr = _to_lr(hr)[:, :, m : m + p, m : m + p]
+        gt = hr[self.num_frame // 2, :, 4 * m : 4 * (m + p), 4 * m : 4 * (m + p)]
+        # Flow at LR resolution: average over each 4x4 HR block, magnitudes divided by 4.
+        flow = torch.nn.functional.avg_pool2d(flows, 4)[:, :, m : m + p, m : m + p] / 4
+        return {"lr": lr / 255, "gt": gt / 255, "flow": flow}
+
+    def _augment(self, s: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
+        """Flips, transposition (with flips: all 8 rotations/reflections) and temporal reversal, flows kept consistent."""
+        hflip, vflip, transpose, reverse = (bool(b) for b in rng.integers(0, 2, size=4))
+        flow = s["flow"]
+        for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
+            if flag:
+                s["lr"], s["gt"] = s["lr"].flip(dim), s["gt"].flip(dim)
+                flow = flow.flip(dim)
+                flow[:, channel] = -flow[:, channel]
+        if transpose:
+            s["lr"], s["gt"] = s["lr"].transpose(-1, -2), s["gt"].transpose(-1, -2)
+            flow = flow.transpose(-1, -2).flip(1)  # (dy, dx) -> (dx, dy)
+        if reverse and self.temporal_reverse:
+            s["lr"], flow = s["lr"].flip(0), flow.flip(0)
+        s["lr"], s["gt"], s["flow"] = s["lr"].contiguous(), s["gt"].contiguous(), flow.contiguous()
+        return s
+
+
+def default_workers() -> int:
+    return 0 if not torch.cuda.is_available() else min(8, os.cpu_count() or 1)
