@@ -50,3 +50,29 @@ def test_short_clip_and_single_frame():
     got = list(upscale_stream(model, iter(frames), 2))
     assert len(got) == 2
     assert len(list(upscale_stream(model, iter(frames[:1]), 1))) == 1
+
+
+def test_tiled_equals_untiled():
+    model = small_model(num_frame=3)
+    torch.manual_seed(2)
+    frames = [torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8) for _ in range(4)]
+    full = list(upscale_stream(model, iter(frames), 4))
+    tiled = list(upscale_stream(model, iter(frames), 4, tile=24, tile_overlap=16, batch=2))
+    assert max((a - b).abs().max().item() for a, b in zip(full, tiled)) < 1e-4
+
+
+def test_feature_cache_stays_bounded():
+    """Only frames a later window needs stay cached, however long the clip."""
+    from vsrx.inference import Upscaler
+
+    model = small_model(num_frame=5)
+    seen = []
+
+    class Spy(Upscaler):
+        def _run(self, wins, raw, pyramids):
+            seen.append((len(raw), len(pyramids)))
+            return super()._run(wins, raw, pyramids)
+
+    frames = (torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(60))
+    assert len(list(Spy(model, batch=2).stream(frames, 60))) == 60
+    assert max(r for r, _ in seen) <= 2 * 5 + 2 and max(p for _, p in seen) <= 2 * 5 + 2

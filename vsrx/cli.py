@@ -39,16 +39,97 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+class FrameProgress:
+    """A rich progress bar (frames done/total, fps, ETA) that appears with the first frame."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label, self.enabled = label, enabled
+        self.bar = self.task = None
+
+    def __enter__(self) -> "FrameProgress":
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        if self.bar is None:
+            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                                TextColumn("{task.fields[fps]:.2f} fps"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=err_console)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total, fps=0.0)
+        elapsed = self.bar.tasks[0].elapsed or 1e-9
+        self.bar.update(self.task, completed=done, total=total, fps=done / elapsed)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def not_yet(command: str) -> None:
     raise UsageError(f"`vsrx {command}` is not implemented in this version yet")
 
 
+def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-e expects key=value, got {item!r}")
+        options[key] = value
+    return options
+
+
 @main.command()
-@click.argument("src")
-@click.argument("dst")
-def upscale(src: str, dst: str) -> None:
-    """Upscale a video file or frame folder SRC by 4x into DST."""
-    not_yet("upscale")
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--model", help="Zoo name or .safetensors path (default: the bundled default model).")
+@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn runs as decomp-9 exactly).")
+@click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True, help="auto: fp16 on CUDA, fp32 on CPU.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Windows per model call.")
+@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True, help="How windows at the clip's ends are filled.")
+@click.option("--tile", type=click.IntRange(8), help="Process frames in tiles of this many LR pixels (bounded memory for large frames).")
+@click.option("--tile-overlap", type=click.IntRange(0), default=32, show_default=True, help="LR pixels of context around each tile.")
+@click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First frame to upscale (0-based).")
+@click.option("--end", type=click.IntRange(1), help="Frame after the last to upscale (default: all).")
+@click.option("--frames", "as_frames", is_flag=True, help="Write a folder of PNG frames even if DST has a video extension.")
+@click.option("--codec", help="Video encoder (default libx264; VP9 for .webm).")
+@click.option("--crf", type=float, default=18, show_default=True)
+@click.option("--preset", default="medium", show_default=True, help="Encoder speed preset.")
+@click.option("--pix-fmt", help="Output pixel format (default: the source's where the codec allows, else yuv420p).")
+@click.option("-e", "--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE", help="Extra encoder option (repeatable).")
+@click.option("--no-audio", is_flag=True, help="Do not copy audio streams.")
+@click.option("--no-subs", is_flag=True, help="Do not copy subtitle streams.")
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the summary line.")
+def upscale(src: str, dst: str, as_frames: bool, encoder_options: tuple[str, ...], no_audio: bool, no_subs: bool,
+            quiet: bool, as_json: bool, **options) -> None:
+    """Upscale a video file or frame folder SRC by 4x into DST (a video file, or a folder of PNG frames)."""
+    import dataclasses
+    import json
+
+    from vsrx.pipeline import UpscaleOptions, upscale as run_upscale
+
+    opts = UpscaleOptions(**options, frames=as_frames, encoder_options=parse_encoder_options(encoder_options),
+                          audio=not no_audio, subtitles=not no_subs)
+    note = (lambda msg: err_console.print(f"vsrx: {msg}")) if not as_json else (lambda msg: None)
+    with FrameProgress("upscaling", enabled=not quiet and not as_json) as progress:
+        result = run_upscale(src, dst, opts, progress, note)
+    if result is None:  # a non-zero torchrun rank
+        return
+    for msg in result.notes:
+        note(msg)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result)))
+    elif not quiet:
+        size = result.bytes / 1e6
+        click.echo(f"{result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps) with {result.model} "
+                   f"[{result.mode}, {result.device}, {result.precision}] -> {result.output} ({size:.1f} MB)")
 
 
 @main.command()

@@ -1,21 +1,27 @@
 """Running an EDVR model over a stream of frames: sliding windows with a per-frame feature cache.
 
 Each frame's feature pyramid is computed once and reused by every window that contains it;
-only the frames that a later window can still need are kept, so memory is bounded by the
-window and batch sizes, not by the clip length. Upscale, eval, training validation and viz
-all run models through `upscale_stream`.
+only frames that a later window can still need are kept, so memory is bounded by the window
+and batch sizes, not by the clip length. Large frames can be processed in spatial tiles, each
+with a margin of context that is cut away before the tiles are pasted together; on CUDA
+out-of-memory the batch is retried with smaller tiles. Upscale, eval, training validation and
+viz all run models through `Upscaler`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vsrx.errors import VsrxError
 from vsrx.io.windows import frame_indices
 from vsrx.models.edvr import EDVR, Pyramid
+
+MIN_TILE = 32
 
 
 def pad_to_multiple(x: Tensor, multiple: int = 4) -> Tensor:
@@ -28,93 +34,159 @@ def pad_to_multiple(x: Tensor, multiple: int = 4) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-class FeatureCache:
-    """Feature pyramids of decoded frames by index, evicted once no later window needs them."""
+@dataclass(frozen=True)
+class Tile:
+    """A core region of the (padded) LR frame and the larger context region the model sees."""
 
-    def __init__(self) -> None:
-        self.pyramids: dict[int, Pyramid] = {}
-        self.frames: dict[int, Tensor] = {}
-
-    def add(self, indices: list[int], frames: Tensor, pyramid: Pyramid) -> None:
-        for k, i in enumerate(indices):
-            self.frames[i] = frames[k]
-            self.pyramids[i] = tuple(level[k] for level in pyramid)
-
-    def window(self, indices: list[int]) -> tuple[Pyramid, Tensor]:
-        levels = tuple(torch.stack([self.pyramids[i][lv] for i in indices]) for lv in range(3))
-        return levels, self.frames[indices[len(indices) // 2]]
-
-    def evict(self, keep: set[int], below: int) -> None:
-        for i in [i for i in self.pyramids if i < below and i not in keep]:
-            del self.pyramids[i], self.frames[i]
+    core: tuple[int, int, int, int]  # top, left, bottom, right
+    context: tuple[int, int, int, int]
 
 
-@torch.inference_mode()
-def upscale_stream(
-    model: EDVR,
-    frames: Iterable[Tensor],
-    total: int,
-    *,
-    padding: str = "reflection_circle",
-    batch: int = 1,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    cache: bool = True,
-) -> Iterator[Tensor]:
-    """Yield the x4 output (3, 4H, 4W) float in [0, 1] (not clamped) for each of ``total`` frames.
+def make_tiles(h: int, w: int, tile: int | None, overlap: int) -> list[Tile]:
+    """Cover an h x w frame (multiples of 4) with cores of at most ``tile`` px plus ``overlap`` px of context."""
+    if not tile or (tile >= h and tile >= w):
+        return [Tile((0, 0, h, w), (0, 0, h, w))]
+    step = max(4, tile - tile % 4)
+    margin = overlap + (-overlap % 4)
+    tiles = []
+    for top in range(0, h, step):
+        for left in range(0, w, step):
+            bottom, right = min(top + step, h), min(left + step, w)
+            ctx = (max(top - margin, 0), max(left - margin, 0), min(bottom + margin, h), min(right + margin, w))
+            tiles.append(Tile((top, left, bottom, right), ctx))
+    return tiles
 
-    ``frames`` yields (3, H, W) tensors (uint8 or float in [0, 1]) in order; any H, W works
-    (reflect-padded to multiples of 4 for the model, output cropped to exactly 4H x 4W).
-    ``cache=False`` recomputes every window's features (the naive reference).
+
+class Upscaler:
+    """Streams x4 super-resolution of a clip through an EDVR model.
+
+    ``stream(frames, total)`` takes (3, H, W) tensors (uint8 or float in [0, 1]) in order and
+    yields (3, 4H, 4W) outputs in the model dtype, not clamped. Any H, W works (reflect-padded
+    to multiples of 4 for the model, outputs cropped to exactly 4H x 4W). ``cache=False``
+    recomputes every window's features (the naive reference).
     """
-    device = torch.device(device)
-    num_frame = model.config.num_frame
-    windows = lambda c: frame_indices(c, num_frame, total, padding)  # noqa: E731
-    it = iter(frames)
-    store = FeatureCache()
-    raw: dict[int, Tensor] = {}  # decoded, not yet extracted
-    decoded = 0
-    size = None
 
-    def prepare(x: Tensor) -> Tensor:
-        x = x.to(device, non_blocking=True)
-        x = x.to(dtype) / 255 if x.dtype == torch.uint8 else x.to(dtype)
+    def __init__(
+        self,
+        model: EDVR,
+        *,
+        padding: str = "reflection_circle",
+        batch: int = 1,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        tile: int | None = None,
+        tile_overlap: int = 32,
+        cache: bool = True,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model, self.padding, self.batch = model, padding, max(batch, 1)
+        self.device, self.dtype = torch.device(device), dtype
+        self.tile, self.tile_overlap, self.cache = tile, tile_overlap, cache
+        self.on_retry = on_retry or (lambda msg: None)
+        self.num_frame = model.config.num_frame
+        self.total_seen: int | None = None
+        self.size: tuple[int, int] | None = None
+
+    def windows(self, centre: int, total: int) -> list[int]:
+        return frame_indices(centre, self.num_frame, total, self.padding)
+
+    @torch.inference_mode()
+    def stream(self, frames: Iterable[Tensor], total: int, start: int = 0, end: int | None = None) -> Iterator[Tensor]:
+        """Outputs for centres start..end-1 of a ``total``-frame clip; ``frames`` yields from frame 0.
+
+        Frames before the first window of ``start`` are skipped unprocessed. If the stream ends
+        early (a truncated file), the clip is taken to end there: ``total_seen`` records the count.
+        """
+        self.total_seen = None
+        end = total if end is None else end
+        it = enumerate(frames)
+        raw: dict[int, Tensor] = {}  # padded LR frames still needed
+        pyramids: dict[tuple[int, int], Pyramid] = {}  # (frame, tile) -> features
+        first = min(min(self.windows(c, total)) for c in range(start, min(start + self.num_frame, end)))
+        decoded, centre = 0, start
+        while centre < end:
+            centres = list(range(centre, min(centre + self.batch, end)))
+            wins = [self.windows(c, total) for c in centres]
+            while decoded <= max(i for w in wins for i in w):
+                index, frame = next(it, (None, None))
+                if frame is None:  # shorter than announced: the clip ends here
+                    if decoded <= centres[0]:
+                        raise VsrxError(f"the video ended after {decoded} frames, before frame {centres[0]}")
+                    total = end = self.total_seen = decoded
+                    centres = [c for c in centres if c < end]
+                    wins = [self.windows(c, total) for c in centres]
+                    break
+                if index >= first:
+                    raw[index] = self._prepare(frame)
+                    self.size = tuple(frame.shape[-2:])
+                decoded += 1
+            if not self.cache:
+                pyramids.clear()
+            out = self._run_with_retry(wins, raw, pyramids)
+            h, w = self.size
+            for k in range(len(centres)):
+                yield out[k, :, : 4 * h, : 4 * w]
+            # Keep what the next windows need; windows further on never reach back past the last centre.
+            last = centres[-1]
+            keep = {i for c in range(last + 1, min(last + 1 + self.num_frame, total)) for i in self.windows(c, total)}
+            for i in [i for i in raw if i <= last and i not in keep]:
+                del raw[i]
+            for key in [key for key in pyramids if key[0] not in raw]:
+                del pyramids[key]
+            centre = last + 1
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        x = x.to(self.dtype) / 255 if x.dtype == torch.uint8 else x.to(self.dtype)
         return pad_to_multiple(x.unsqueeze(0))[0]
 
-    def ensure(needed: set[int]) -> None:
-        nonlocal decoded, size
-        while decoded <= max(needed):
-            frame = next(it, None)
-            if frame is None:
-                raise ValueError(f"frame stream ended after {decoded} of {total} frames")
-            size = size or tuple(frame.shape[-2:])
-            raw[decoded] = prepare(frame)
-            decoded += 1
-        todo = sorted(i for i in needed if i not in store.pyramids)
-        for start in range(0, len(todo), max(batch, 1) * num_frame):
-            chunk = todo[start : start + max(batch, 1) * num_frame]
-            x = torch.stack([raw[i] for i in chunk])
-            store.add(chunk, x, model.extract(x))
+    def _run_with_retry(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict) -> Tensor:
+        while True:
+            try:
+                return self._run(wins, raw, pyramids)
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                h, w = next(iter(raw.values())).shape[-2:]
+                current = self.tile or max(h, w)
+                if current // 2 < MIN_TILE:
+                    raise VsrxError(f"out of GPU memory even with {current}px tiles; try --batch 1 or --device cpu") from None
+                self.tile = current // 2
+                pyramids.clear()
+                torch.cuda.empty_cache()
+                self.on_retry(f"out of GPU memory: retrying with --tile {self.tile}")
 
-    for start in range(0, total, batch):
-        centres = list(range(start, min(start + batch, total)))
-        wins = [windows(c) for c in centres]
-        if not cache:
-            store = FeatureCache()
-        ensure({i for w in wins for i in w})
-        parts = [store.window(w) for w in wins]
-        pyramid = tuple(torch.stack([p[0][lv] for p in parts]) for lv in range(3))
-        out = model.reconstruct_window(pyramid, torch.stack([p[1] for p in parts]))
-        h, w = size
-        for k in range(len(centres)):
-            yield out[k, :, : 4 * h, : 4 * w]
-        last = centres[-1]
-        keep = {i for c in range(last + 1, min(last + 1 + num_frame, total)) for i in windows(c)}
-        store.evict(keep, below=last + 1)
-        for i in [i for i in raw if i < last + 1 and i not in keep]:
-            del raw[i]
+    def _run(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict) -> Tensor:
+        h, w = next(iter(raw.values())).shape[-2:]
+        tiles = make_tiles(h, w, self.tile, self.tile_overlap)
+        out = None
+        for t, tile in enumerate(tiles):
+            top, left, bottom, right = tile.context
+            todo = sorted({i for win in wins for i in win if (i, t) not in pyramids})
+            chunk = self.batch * self.num_frame
+            for s in range(0, len(todo), chunk):
+                ids = todo[s : s + chunk]
+                feats = self.model.extract(torch.stack([raw[i][:, top:bottom, left:right] for i in ids]))
+                for k, i in enumerate(ids):
+                    pyramids[(i, t)] = tuple(level[k] for level in feats)
+            pyramid = tuple(torch.stack([torch.stack([pyramids[(i, t)][lv] for i in win]) for win in wins]) for lv in range(3))
+            c = self.model.config.center
+            centre = torch.stack([raw[win[c]][:, top:bottom, left:right] for win in wins])
+            sr = self.model.reconstruct_window(pyramid, centre)
+            if len(tiles) == 1:
+                return sr
+            if out is None:
+                out = sr.new_empty(len(wins), 3, 4 * h, 4 * w)
+            ct, cl, cb, cr = tile.core
+            out[:, :, 4 * ct : 4 * cb, 4 * cl : 4 * cr] = sr[:, :, 4 * (ct - top) : 4 * (cb - top), 4 * (cl - left) : 4 * (cr - left)]
+        return out
+
+
+def upscale_stream(model: EDVR, frames: Iterable[Tensor], total: int, **options) -> Iterator[Tensor]:
+    """Shorthand for ``Upscaler(model, **options).stream(frames, total)``."""
+    return Upscaler(model, **options).stream(frames, total)
 
 
 def to_uint8(x: Tensor) -> Tensor:
     """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, clamped and rounded."""
-    return x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+    return x.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)

@@ -39,7 +39,7 @@ class _AtomicTarget:
         if self.path.resolve() == source.path.resolve():
             raise UsageError(f"output {self.path} is the input; choose another output path")
         if self.path.exists() and not overwrite:
-            raise UsageError(f"output {self.path} already exists; allow overwriting to replace it")
+            raise UsageError(f"output {self.path} already exists; pass --overwrite to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.overwrite = overwrite
         self.temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp{suffix}")

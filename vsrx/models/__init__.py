@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vsrx.errors import ModelError
 from vsrx.models.edvr import EDVR, PRESETS, EDVRConfig
 from vsrx.models.weights import build_model, convert_alignment, load_weights, save_model
 
@@ -27,7 +28,10 @@ def load_model(
     from vsrx.models import zoo
 
     path = Path(path_or_name)
-    if not path.is_file() and str(path_or_name) in zoo.names():
+    if not path.exists() and str(path_or_name) in zoo.names():
         path = zoo.resolve(str(path_or_name), align, offsets)
+    elif not path.exists():
+        known = ", ".join(zoo.names()) or "none bundled"
+        raise ModelError(f"no weights file or zoo model named {str(path_or_name)!r} (zoo: {known})")
     model = load_weights(path, align, offsets)
     return model.to(device).eval()

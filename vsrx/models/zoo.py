@@ -1,4 +1,9 @@
-"""Named pretrained models: the manifest in weights/manifest.json, sha256-checked on load."""
+"""Named pretrained models: weights/manifest.json lists each file with its sha256, config,
+training recipe and measured quality; files are checked against their sha256 on load.
+
+A name is either a model's own name (``edvr-s-decomp5``) or its family (``edvr-s``); a family
+with ``align``/``offsets`` picks the matching variant. dcn models also run as decomp-9.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +20,23 @@ WEIGHTS_DIR = Path(os.environ.get("VSRX_WEIGHTS", Path(__file__).resolve().paren
 
 @lru_cache(maxsize=1)
 def manifest() -> dict:
-    """The zoo manifest: {"models": {name: entry}}; empty when no weights are bundled."""
+    """{"default": name | None, "models": {name: entry}}; empty when no weights are bundled."""
     path = WEIGHTS_DIR / "manifest.json"
     if not path.is_file():
-        return {"models": {}}
+        return {"default": None, "models": {}}
     return json.loads(path.read_text())
 
 
 def names() -> list[str]:
-    return list(manifest()["models"])
+    models = manifest()["models"]
+    return [*models, *sorted({e["family"] for e in models.values() if "family" in e})]
+
+
+def default_name() -> str:
+    name = manifest().get("default")
+    if not name:
+        raise ModelError("no default model is bundled yet (weights/ has no trained model); pass --model PATH to a .safetensors file")
+    return name
 
 
 def sha256(path: Path) -> str:
@@ -34,14 +47,37 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve(name: str, align: str | None = None, offsets: int | None = None) -> Path:
-    """The checked weights file of a zoo model."""
-    entry = manifest()["models"].get(name)
-    if entry is None:
+def mode_of(entry: dict) -> str:
+    return f"decomp-{entry['offsets']}" if entry["align"] == "decomp" else entry["align"]
+
+
+def pick(name: str, align: str | None = None, offsets: int | None = None) -> tuple[str, dict]:
+    """The zoo entry for a model name, or for a family plus alignment mode."""
+    models = manifest()["models"]
+    if name in models:
+        return name, models[name]
+    family = {n: e for n, e in models.items() if e.get("family") == name}
+    if not family:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(names()) or 'none bundled'}")
+    wanted = align or "decomp"
+    for n, e in family.items():
+        if e["align"] == wanted and (offsets is None or e["offsets"] == offsets):
+            return n, e
+    if wanted == "decomp" and offsets in (None, 9):
+        dcn = [(n, e) for n, e in family.items() if e["align"] == "dcn"]
+        if dcn:
+            return dcn[0]
+    asked = f"decomp-{offsets}" if wanted == "decomp" and offsets else wanted
+    available = ", ".join(f"--align {e['align']}" + (f" --offsets {e['offsets']}" if e["align"] == "decomp" else "") for e in family.values())
+    raise ModelError(f"{name} has no {asked} variant; available: {available}")
+
+
+def resolve(name: str, align: str | None = None, offsets: int | None = None) -> Path:
+    """The sha256-checked weights file of a zoo model (by name, or family plus mode)."""
+    chosen, entry = pick(name, align, offsets)
     path = WEIGHTS_DIR / entry["file"]
     if not path.is_file():
-        raise ModelError(f"weights of {name} missing: {path}")
+        raise ModelError(f"weights of {chosen} are missing: {path}")
     if sha256(path) != entry["sha256"]:
-        raise ModelError(f"weights of {name} are corrupt (sha256 mismatch): {path}")
+        raise ModelError(f"weights of {chosen} are corrupt (sha256 mismatch): {path}")
     return path

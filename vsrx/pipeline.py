@@ -1,0 +1,221 @@
+"""`vsrx upscale`: source -> windows with cached features -> model -> sink, written atomically.
+
+The reader streams frames, `Upscaler` keeps only the frames and features later windows need,
+and the sink writes to a temporary file renamed onto the target only when everything
+succeeded. Under torchrun the ranks split the frame range; each spills its frames to a raw
+file beside the target and rank 0 encodes them all, in order, into one output.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vsrx.errors import UsageError, VsrxError
+from vsrx.inference import Upscaler, to_uint8
+from vsrx.io.reader import Frame, FrameSource, open_source
+from vsrx.io.writer import open_sink
+from vsrx.models import EDVR, load_model
+
+
+@dataclass
+class UpscaleOptions:
+    """Everything `vsrx upscale` takes besides the paths."""
+
+    model: str | None = None
+    align: str | None = None
+    offsets: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch: int = 1
+    padding: str = "reflection_circle"
+    tile: int | None = None
+    tile_overlap: int = 32
+    start: int = 0
+    end: int | None = None
+    frames: bool = False
+    codec: str | None = None
+    crf: float = 18
+    preset: str = "medium"
+    pix_fmt: str | None = None
+    encoder_options: dict[str, str] = field(default_factory=dict)
+    audio: bool = True
+    subtitles: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class UpscaleResult:
+    output: str
+    frames: int
+    seconds: float
+    fps: float
+    bytes: int
+    model: str
+    mode: str
+    device: str
+    precision: str
+    notes: list[str]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on CUDA, fp32 on CPU. Aligners sample in fp32 whatever this is (see align.py)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if dtype is None:
+        raise UsageError(f"unknown precision {precision!r}; use auto, fp16, bf16 or fp32")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UsageError("--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return dtype
+
+
+def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype) -> tuple[EDVR, str]:
+    from vsrx.models import zoo
+
+    name = opts.model or zoo.default_name()
+    model = load_model(name, opts.align, opts.offsets, device=device)
+    if not isinstance(model, EDVR):
+        raise UsageError(f"{name} is not a super-resolution model")
+    return model.to(dtype), Path(name).name
+
+
+def frame_range(opts: UpscaleOptions, total: int) -> tuple[int, int]:
+    end = total if opts.end is None else opts.end
+    if not 0 <= opts.start < total:
+        raise UsageError(f"--start {opts.start} is outside the clip's {total} frames")
+    if not opts.start < end <= total:
+        raise UsageError(f"--end {end} must be after --start {opts.start} and at most {total}")
+    return opts.start, end
+
+
+def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, int], None] | None = None,
+            note: Callable[[str], None] | None = None) -> UpscaleResult | None:
+    """Upscale src into dst; returns the summary (None on ranks other than 0 under torchrun)."""
+    progress = progress or (lambda done, total: None)
+    note = note or (lambda msg: None)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    source = open_source(src)
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.precision, device)
+    model, model_name = resolve_model(opts, device, dtype)
+    start, end = frame_range(opts, source.num_frames)
+    upscaler = Upscaler(model, padding=opts.padding, batch=opts.batch, device=device, dtype=dtype,
+                        tile=opts.tile, tile_overlap=opts.tile_overlap, on_retry=note)
+    t0 = time.perf_counter()
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        bounds = np.linspace(start, end, world + 1).round().astype(int)
+        lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    else:
+        lo, hi = start, end
+    sink = None
+    notes: list[str] = []
+    try:
+        if rank == 0:
+            sink = open_sink(dst, source, frames=opts.frames, codec=opts.codec, crf=opts.crf, preset=opts.preset,
+                             pix_fmt=opts.pix_fmt, options=opts.encoder_options,
+                             audio=opts.audio and (start, end) == (0, source.num_frames),
+                             subtitles=opts.subtitles and (start, end) == (0, source.num_frames), overwrite=opts.overwrite)
+            if (start, end) != (0, source.num_frames) and (source.has_audio or source.has_subtitles):
+                notes.append("audio/subtitles not copied for a --start/--end range")
+        frames = run_range(upscaler, source, lo, hi)
+        if world > 1:
+            done = spill_and_gather(frames, dst, rank, world, lambda k: progress(k, end - start), sink)
+        else:
+            done = 0
+            for frame, rgb in frames:
+                sink.write(rgb, frame.pts, frame.duration)
+                done += 1
+                progress(done, end - start)
+        if rank == 0:
+            if source.truncated or done < end - start:
+                notes.append(source.warning or f"decoded {done} of {end - start} expected frames")
+            notes += sink.close()
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank != 0:
+        return None
+    seconds = time.perf_counter() - t0
+    out = Path(dst)
+    size = sum(p.stat().st_size for p in out.rglob("*")) if out.is_dir() else out.stat().st_size
+    return UpscaleResult(str(out), done, seconds, done / max(seconds, 1e-9), size, model_name,
+                         model.config.mode_name, str(device), str(dtype).removeprefix("torch."), notes)
+
+
+def run_range(upscaler: Upscaler, source: FrameSource, lo: int, hi: int) -> Iterator[tuple[Frame, np.ndarray]]:
+    """(source frame, SR uint8 HxWx3) for centres lo..hi-1, decoding only as far as the windows need."""
+    meta: dict[int, Frame] = {}
+
+    def tensors():
+        for frame in source:
+            meta[frame.index] = frame
+            yield torch.from_numpy(frame.rgb).permute(2, 0, 1)
+
+    for k, sr in enumerate(upscaler.stream(tensors(), source.num_frames, lo, hi)):
+        frame = meta.pop(lo + k)
+        for i in [i for i in meta if i < lo + k]:
+            del meta[i]
+        yield frame, to_uint8(sr).cpu().numpy()
+    if upscaler.total_seen is not None and upscaler.total_seen < source.num_frames:
+        source.truncated = True
+
+
+def spill_and_gather(frames, dst: str, rank: int, world: int, progress, sink) -> int:
+    """Each rank writes its frames to a raw spill file; rank 0 then encodes all of them in order."""
+    target = Path(dst)
+    spill = target.parent / f".{target.name}.rank{rank}.spill"
+    count = 0
+    with open(spill, "wb") as f:
+        for frame, rgb in frames:
+            header = np.array([*rgb.shape, frame.pts is not None, frame.pts or 0,
+                               frame.duration is not None, frame.duration or 0], dtype=np.int64)
+            f.write(header.tobytes())
+            f.write(rgb.tobytes())
+            count += 1
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([count]))
+    done = 0
+    try:
+        if rank == 0:
+            for r in range(world):
+                path = target.parent / f".{target.name}.rank{r}.spill"
+                with open(path, "rb") as f:
+                    for _ in range(int(counts[r])):
+                        h, w, c, has_pts, pts, has_dur, dur = (int(v) for v in np.frombuffer(f.read(56), dtype=np.int64))
+                        rgb = np.frombuffer(f.read(h * w * c), dtype=np.uint8).reshape(h, w, c)
+                        sink.write(rgb, pts if has_pts else None, dur if has_dur else None)
+                        done += 1
+                        progress(done)
+        dist.barrier()
+    finally:
+        spill.unlink(missing_ok=True)
+    return done

@@ -1,0 +1,418 @@
+"""Training SPyNet on synthetic motion with exact ground-truth flow.
+
+Each training sample is a pair (``ref``, ``supp``) rendered by :func:`make_synthetic_clip` from a
+still image (frames of the videos / folders under ``root``, or a procedural texture when there
+are none) together with its exact flow in the project's (dy, dx) convention, the target of
+``SpyNet.flow_dy_dx(ref, supp)``: ``ref(p) ≈ supp(p + flow(p))``. A pair is rendered at a scale
+``s`` of ``scales`` and box-downscaled by ``s`` (anti-aliased frames like bicubic-LR video, flow
+averaged over each block and divided by ``s``), then a random gamma (same for both frames),
+Gaussian noise (each frame its own) and 8-bit quantisation are applied.
+
+The loss is the mean end-point error (EPE) of the final flow plus ``level_weight`` times the mean
+EPE of the five coarser pyramid levels (each against the block-averaged target, measured in
+full-resolution pixels), as SPyNet trains every level on its own target. Every sample is a pure
+function of (seed, index), so ``--resume`` continues exactly. Validation reports the mean EPE on a
+fixed held-out set of pairs (procedural textures with their own seed stream, or the stills under
+``val_root``) next to the zero-flow baseline, by motion speed too.
+
+Run directory (``out``): ``config.json``, ``model.safetensors`` (deploy weights, loadable with
+``vsrx.load_model``), ``metrics.jsonl`` and ``ckpt/step_XXXXXXXX/``, as for the EDVR trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from vsrx.errors import InputError, ModelError, UsageError
+from vsrx.models import load_model, save_model
+from vsrx.models.spynet import NUM_LEVELS, SpyNet
+from vsrx.models.weights import atomic_write
+from vsrx.train.data import Clip, default_workers, load_clips
+from vsrx.train.synthetic import make_synthetic_clip, procedural_texture
+from vsrx.train.trainer import (
+    Run,
+    StepSampler,
+    append_jsonl,
+    checkpoints,
+    cosine_restart_lr,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+VAL_KEY = 0x5F10_7FA1  # first entropy word of the validation seed stream (training uses [seed, index])
+SPEED_BINS = ((0.0, 2.0), (2.0, 5.0), (5.0, math.inf))  # validation EPE by |ground-truth flow|, pixels
+
+
+@dataclass
+class FlowTrainConfig:
+    """Everything a SPyNet training run depends on."""
+
+    dataset: str = "synthetic"  # where stills come from: load_clips(dataset, root); synthetic w/o root = procedural
+    root: str | None = None
+    exclude: tuple[str, ...] = ()
+    out: str = "runs/spynet"
+    init_from: str | None = None  # start from these SpyNet weights instead of a fresh init
+    iters: int = 20_000
+    batch: int = 8
+    patch: int = 64  # training pair size in pixels; a multiple of 32 (SPyNet's coarsest level is 1/32)
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eta_min: float = 1e-6
+    restarts: int = 1  # cosine periods over the run (1: a single decay from lr to eta_min)
+    warmup: int = 200  # linear learning-rate warm-up steps (Adam's first steps on the zero-initialised heads overshoot)
+    grad_clip: float | None = None
+    max_motion: float = 8.0  # camera speed bound in output pixels per frame (foreground layers up to 1.5x)
+    scales: tuple[int, ...] = (1, 2)  # render at s x the size and box-downscale by s
+    noise: float = 0.02  # Gaussian noise std drawn uniformly in [0, noise] per frame (intensities in [0, 1])
+    level_weight: float = 0.5  # weight of the mean coarse-level EPE; 0 trains on the final flow only
+    val_pairs: int = 32
+    val_size: tuple[int, int] = (90, 160)  # any size; not a multiple of 32 exercises SpyNet's resize path
+    val_motion: float = 8.0
+    val_root: str | None = None  # held-out stills (videos / frame folders) for validation instead of textures
+    val_every: int = 500
+    log_every: int = 50
+    save_every: int = 500
+    keep: int = 2
+    seed: int = 0
+    workers: int | None = None
+    device: str = "auto"
+
+
+class FlowPair(NamedTuple):
+    """RGB frames (3, h, w) in [0, 1] and the flow (2, h, w) in (dy, dx) with ref(p) ≈ supp(p + flow(p))."""
+
+    ref: Tensor
+    supp: Tensor
+    flow: Tensor
+
+
+def make_flow_pair(
+    still: np.ndarray | None,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    max_motion: float = 8.0,
+    scales: Sequence[int] = (1, 2),
+    noise: float = 0.02,
+    photometric: bool = True,
+) -> FlowPair:
+    """Render one pair of ``size`` from ``still`` (HxWx3) or, when None, from a procedural texture."""
+    h, w = size
+    s = int(scales[rng.integers(len(scales))])
+    rh, rw = h * s, w * s
+    # Camera speed bound m with density ∝ m; make_synthetic_clip draws the speed with density ∝ r
+    # below m, so P(speed > x) = 1 - x²/M² (1 + 2 ln(M/x)): ~8% under M/8, ~40% over M/2.
+    max_shift = s * max(0.1, max_motion * math.sqrt(rng.uniform()))
+    if still is None:
+        margin = 2 * math.ceil(1.6 * max_shift + 0.05 * max(rh, rw)) + 8
+        still = procedural_texture(rh + margin, rw + margin, rng)
+    elif still.shape[0] < rh or still.shape[1] < rw:
+        raise InputError(f"still image {still.shape[1]}x{still.shape[0]} is smaller than the {rw}x{rh} render size")
+    frames, flows = make_synthetic_clip(still, 2, (rh, rw), rng, max_shift=max_shift)
+    # num_frames=2: frame 1 is the centre (ref), frame 0 the neighbour; flows[0] is centre -> frame 0.
+    frames, flow = frames[[1, 0]], flows[0:1]
+    if s > 1:
+        frames, flow = F.avg_pool2d(frames, s), F.avg_pool2d(flow, s) / s
+    if photometric:
+        frames = frames.clamp(0, 1) ** math.exp(rng.uniform(-0.3, 0.3))
+        std = rng.uniform(0, noise, size=(2, 1, 1, 1))
+        frames = frames + torch.from_numpy(rng.standard_normal(frames.shape) * std).float()
+    frames = (frames.clamp(0, 1) * 255).round() / 255
+    return FlowPair(frames[0].contiguous(), frames[1].contiguous(), flow[0].contiguous())
+
+
+def augment_pair(pair: FlowPair, rng: np.random.Generator) -> FlowPair:
+    """Random flips and transposition (all 8 rotations/reflections), the flow kept consistent."""
+    ref, supp, flow = pair
+    hflip, vflip, transpose = (bool(b) for b in rng.integers(0, 2, size=3))
+    for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
+        if flag:
+            ref, supp, flow = ref.flip(dim), supp.flip(dim), flow.flip(dim)
+            flow[channel] = -flow[channel]
+    if transpose:
+        ref, supp = ref.transpose(-1, -2), supp.transpose(-1, -2)
+        flow = flow.transpose(-1, -2).flip(0)  # (dy, dx) -> (dx, dy)
+    return FlowPair(ref.contiguous(), supp.contiguous(), flow.contiguous())
+
+
+class FlowPairs(Dataset):
+    """Synthetic flow pairs; item i is a pure function of (key, i). Yields dicts ref, supp, flow."""
+
+    def __init__(
+        self,
+        stills: list[Clip],
+        size: tuple[int, int],
+        *,
+        key: Sequence[int] = (0,),
+        max_motion: float = 8.0,
+        scales: Sequence[int] = (1, 2),
+        noise: float = 0.02,
+        photometric: bool = True,
+        augment: bool = True,
+        length: int = 10**9,
+    ) -> None:
+        self.stills, self.size, self.key, self.length = stills, tuple(size), [int(k) for k in key], length
+        self.max_motion, self.scales, self.noise = max_motion, tuple(scales), noise
+        self.photometric, self.augment = photometric, augment
+        weights = np.array([max(len(c), 1) for c in stills], dtype=np.float64)
+        self.weights = weights / weights.sum() if len(stills) else weights
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pair(self, index: int) -> FlowPair:
+        rng = np.random.default_rng([*self.key, index])
+        still = None
+        if self.stills:
+            clip = self.stills[rng.choice(len(self.stills), p=self.weights)]
+            still = clip.hr(int(rng.integers(len(clip))))
+        pair = make_flow_pair(
+            still, self.size, rng, max_motion=self.max_motion, scales=self.scales, noise=self.noise, photometric=self.photometric
+        )
+        return augment_pair(pair, rng) if self.augment else pair
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.pair(index)._asdict()
+
+
+def validation_pairs(count: int, size: tuple[int, int], max_motion: float = 8.0, stills: list[Clip] | None = None) -> list[FlowPair]:
+    """The fixed held-out pairs: their own seed stream, no noise or augmentation (scales 1 and 2)."""
+    data = FlowPairs(stills or [], size, key=(VAL_KEY, 1), max_motion=max_motion, photometric=False, augment=False)
+    return [data.pair(i) for i in range(count)]
+
+
+def _batches(pairs: Sequence[FlowPair], batch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Stack consecutive pairs of equal size into batches."""
+    i = 0
+    while i < len(pairs):
+        shape = pairs[i].ref.shape
+        j = i
+        while j < len(pairs) and j - i < batch and pairs[j].ref.shape == shape:
+            j += 1
+        chunk = pairs[i:j]
+        yield tuple(torch.stack([p[k] for p in chunk]) for k in range(3))  # type: ignore[misc]
+        i = j
+
+
+@torch.no_grad()
+def epe_stats(model: nn.Module, pairs: Sequence[FlowPair], batch: int = 8) -> dict:
+    """Mean EPE (pixels, over all pixels of all pairs) of ``model.flow_dy_dx``, the zero-flow EPE, and both by speed."""
+    device = next(model.parameters()).device
+    total = zero = pixels = 0.0
+    bins = {f"{lo:g}-{hi:g}": [0.0, 0.0, 0.0] for lo, hi in SPEED_BINS}  # epe sum, zero sum, count
+    for ref, supp, flow in _batches(pairs, batch):
+        flow = flow.to(device)
+        pred = model.flow_dy_dx(ref.to(device), supp.to(device)).float()
+        err = torch.linalg.vector_norm(pred - flow, dim=1)
+        speed = torch.linalg.vector_norm(flow, dim=1)
+        total += err.sum().item()
+        zero += speed.sum().item()
+        pixels += err.numel()
+        for (lo, hi), acc in zip(SPEED_BINS, bins.values()):
+            mask = (speed >= lo) & (speed < hi)
+            acc[0] += err[mask].sum().item()
+            acc[1] += speed[mask].sum().item()
+            acc[2] += mask.sum().item()
+    if not pixels:
+        raise InputError("no pairs to evaluate")
+    return {
+        "epe": total / pixels,
+        "zero_epe": zero / pixels,
+        "by_speed": {name: {"epe": a / n, "zero_epe": z / n, "fraction": n / pixels} for name, (a, z, n) in bins.items() if n},
+    }
+
+
+def evaluate_epe(model: nn.Module, pairs: Sequence[FlowPair] | Iterable[tuple[Tensor, Tensor, Tensor]]) -> float:
+    """Mean end-point error in pixels of ``model.flow_dy_dx(ref, supp)`` against each pair's flow."""
+    return epe_stats(model, [FlowPair(*p) for p in pairs])["epe"]
+
+
+@contextlib.contextmanager
+def record_levels(model: SpyNet) -> Iterator[list[Tensor]]:
+    """While active, each forward of ``model`` appends its six level flows (coarse to fine, (x, y) order)."""
+    levels: list[Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        levels.append(inputs[0][:, 6:8] + output)  # the module's input ends with the upsampled flow
+
+    handles = [m.register_forward_hook(hook) for m in model.basic_module]
+    try:
+        yield levels
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def end_point_error(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Mean over pixels of the Euclidean distance between two (B, 2, h, w) flows (smoothed at 0)."""
+    return torch.sqrt(((pred - target) ** 2).sum(dim=1) + eps).mean()
+
+
+def flow_loss(levels: list[Tensor], target: Tensor, level_weight: float = 0.5) -> tuple[Tensor, Tensor]:
+    """(loss, final-level EPE) for SPyNet level flows in (x, y) order against a (dy, dx) target."""
+    target_xy = target.flip(1)
+    final = end_point_error(levels[-1], target_xy)
+    loss = final
+    coarse = levels[:-1]
+    if level_weight and coarse:
+        terms = []
+        for flow in coarse:
+            factor = target.shape[-1] // flow.shape[-1]
+            terms.append(factor * end_point_error(flow, F.avg_pool2d(target_xy, factor) / factor))
+        loss = loss + level_weight * torch.stack(terms).mean()
+    return loss, final.detach()
+
+
+def make_spynet(cfg: FlowTrainConfig) -> SpyNet:
+    """A fresh SPyNet whose levels start at a zero residual (so at the zero-flow baseline), or init_from's."""
+    if cfg.init_from:
+        model = load_model(cfg.init_from)
+        if not isinstance(model, SpyNet):
+            raise ModelError(f"--init-from {cfg.init_from} is a {type(model).__name__}, not a SpyNet")
+        return model.train()
+    torch.manual_seed(cfg.seed)
+    model = SpyNet()
+    with torch.no_grad():
+        for level in model.basic_module:
+            last = level.basic_module[-1]
+            last.weight.zero_()
+            last.bias.zero_()
+    return model
+
+
+def learning_rate(step: int, cfg: FlowTrainConfig) -> float:
+    """The trainer's cosine schedule (iters, restarts, lr, eta_min) after a linear warm-up; step counts from 1."""
+    lr = cosine_restart_lr(step - 1, cfg)  # type: ignore[arg-type]  # duck-typed: reads iters, restarts, lr, eta_min
+    return lr * min(1.0, step / cfg.warmup) if cfg.warmup > 0 else lr
+
+
+def check_config(cfg: FlowTrainConfig, world: int = 1) -> None:
+    if cfg.patch < 32 or cfg.patch % 32:
+        raise UsageError(f"--patch must be a positive multiple of 32 (SPyNet's coarsest level is 1/32), got {cfg.patch}")
+    if cfg.batch % world:
+        raise UsageError(f"--batch {cfg.batch} is not divisible by {world} processes")
+    if not cfg.scales or any(int(s) != s or s < 1 for s in cfg.scales):
+        raise UsageError(f"--scales must be positive integers, got {cfg.scales}")
+    if cfg.max_motion <= 0.1 or cfg.val_motion <= 0.1:
+        raise UsageError("--max-motion and --val-motion must be above 0.1 pixels")
+
+
+def train_flow(cfg: FlowTrainConfig, resume: bool = False, log=print) -> Path:
+    """Train SPyNet per cfg (continuing from cfg.out when resume); returns the deploy weights path."""
+    run = Run(cfg.device)
+    try:
+        return _train_flow(cfg, run, Path(cfg.out), resume, log if run.main else (lambda *a, **k: None))
+    finally:
+        run.close()
+
+
+def _train_flow(cfg: FlowTrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
+    check_config(cfg, run.world)
+    stills = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude)
+    data = FlowPairs(stills, (cfg.patch, cfg.patch), key=(cfg.seed,), max_motion=cfg.max_motion, scales=cfg.scales, noise=cfg.noise)
+    model = make_spynet(cfg).to(run.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    start = load_checkpoint(out, model, optimizer) if resume else 0
+    val: list[FlowPair] = []
+    if run.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(dataclasses.asdict(cfg), indent=2)))
+        if cfg.val_pairs:
+            val_stills = load_clips("videos", Path(cfg.val_root)) if cfg.val_root else []
+            val = validation_pairs(cfg.val_pairs, tuple(cfg.val_size), cfg.val_motion, val_stills)
+    net: nn.Module = DistributedDataParallel(model) if run.world > 1 else model
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    loader = DataLoader(
+        data,
+        batch_size=cfg.batch // run.world,
+        sampler=StepSampler(start, cfg.iters, cfg.batch, run.rank, run.world),
+        num_workers=workers,
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    log(f"training SPyNet ({sum(p.numel() for p in model.parameters()):,} params) on "
+        f"{len(stills) or 'procedural'} {'still sources' if stills else 'textures'}, {cfg.patch}x{cfg.patch} pairs, "
+        f"batch {cfg.batch}, motion up to {cfg.max_motion:g} px, {run.world} process(es) on {run.device}, steps {start}..{cfg.iters}")
+    scores = None
+    t0, seen, step = time.perf_counter(), 0, start
+    with record_levels(model) as levels:
+        for step, batch in enumerate(loader, start=start + 1):
+            lr_now = learning_rate(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            ref, supp, flow = (batch[k].to(run.device, non_blocking=True) for k in ("ref", "supp", "flow"))
+            levels.clear()
+            net(ref, supp)
+            loss, epe = flow_loss(levels, flow, cfg.level_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            levels.clear()
+            seen += 1
+            if step % cfg.log_every == 0:
+                rate = seen / (time.perf_counter() - t0)
+                entry = {"step": step, "loss": loss.item(), "epe": epe.item(), "lr": lr_now, "it_per_s": rate}
+                log(f"step {step}/{cfg.iters} loss {entry['loss']:.4f} EPE {entry['epe']:.3f} px lr {lr_now:.2e} "
+                    f"{rate:.2f} it/s ETA {(cfg.iters - step) / max(rate, 1e-9) / 60:.0f} min")
+                if run.main:
+                    append_jsonl(out / "metrics.jsonl", entry)
+            if run.main and (step % cfg.save_every == 0 or step == cfg.iters):
+                save_checkpoint(out, model, optimizer, step, model, cfg.keep)
+            if run.main and val and (step % cfg.val_every == 0 or step == cfg.iters):
+                scores = _validate(model, val, step, out, log)
+    if run.main and not checkpoints(out) and step == start:
+        save_checkpoint(out, model, optimizer, step, model, cfg.keep)
+    if run.main and scores is not None and step == cfg.iters:
+        save_model(model, out / "model.safetensors", {
+            "vsrx.step": str(step), "vsrx.val_epe": f"{scores['epe']:.4f}", "vsrx.val_zero_epe": f"{scores['zero_epe']:.4f}",
+        })
+    return out / "model.safetensors"
+
+
+def _validate(model: SpyNet, val: list[FlowPair], step: int, out: Path, log) -> dict:
+    scores = epe_stats(model, val)
+    append_jsonl(out / "metrics.jsonl", {"step": step, "val": scores})
+    speeds = ", ".join(f"{k} px: {v['epe']:.3f} ({v['zero_epe']:.3f})" for k, v in scores["by_speed"].items())
+    log(f"step {step} validation: EPE {scores['epe']:.3f} px (zero flow {scores['zero_epe']:.3f}); by speed {speeds}")
+    return scores
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vsrx.train.flow --out runs/spynet --iters 20000 ...`` (every FlowTrainConfig field is a flag)."""
+    parser = argparse.ArgumentParser(description="Train SPyNet on synthetic flow pairs.")
+    parser.add_argument("--resume", action="store_true")
+    for f in dataclasses.fields(FlowTrainConfig):
+        default = f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, tuple):
+            kind = float if default and isinstance(default[0], float) else (int if default else str)
+            parser.add_argument(flag, type=kind, nargs="*", default=default)
+        elif default is None:
+            parser.add_argument(flag, type=float if f.name == "grad_clip" else (int if f.name == "workers" else str))
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    args = vars(parser.parse_args(argv))
+    resume = args.pop("resume")
+    cfg = FlowTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    print(f"weights: {train_flow(cfg, resume=resume)}")
+
+
+if __name__ == "__main__":
+    main()
