@@ -183,9 +183,41 @@ def train(resume: bool, **options) -> None:
 
 
 @main.command(name="eval")
-def eval_() -> None:
-    """Evaluate models on REDS4, Vid4, Vimeo-90K-T or your own frames."""
-    not_yet("eval")
+@click.option("--dataset", type=click.Choice(["reds4", "vid4", "vimeo90k-t", "frames", "video"]), required=True, help="Benchmark layout.")
+@click.option("--root", multiple=True, required=True, type=click.Path(), help="Dataset root (GT folder for frames; video files for video, repeatable).")
+@click.option("--lr", "lr_root", type=click.Path(), help="Stored LR frames (default: MATLAB-bicubic x1/4 of the GT, rounded to 8 bits).")
+@click.option("--model", "models", multiple=True, help="Zoo name or .safetensors path (repeatable; default: the bundled default model).")
+@click.option("--align", "aligns", multiple=True, type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment modes to run each model in (repeatable).")
+@click.option("--offsets", "offsets_list", multiple=True, type=click.IntRange(1), help="Offsets N for decomp (repeatable).")
+@click.option("--bicubic-only", is_flag=True, help="Score only the bicubic baseline.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True)
+@click.option("--tile", type=click.IntRange(8), help="Tile size in LR pixels for large frames.")
+@click.option("--crop-border", type=click.IntRange(0), default=0, show_default=True, help="Pixels cropped from each border before scoring.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results (per frame too) as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-frame results as CSV.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), help="Write the SR frames as PNG under this folder.")
+def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tuple[str, ...], aligns: tuple[str, ...],
+          offsets_list: tuple[int, ...], bicubic_only: bool, device: str, precision: str, batch: int, padding: str,
+          tile: int | None, crop_border: int, json_path: str | None, csv_path: str | None, save_dir: str | None) -> None:
+    """Score models against bicubic on REDS4, Vid4, Vimeo-90K-T, a frame folder or videos (x4, the field's protocol)."""
+    from pathlib import Path
+
+    from vsrx.evaluate.datasets import open_dataset
+    from vsrx.evaluate.runner import evaluate, render_table, write_csv, write_json
+    from vsrx.pipeline import model_rows
+
+    data = open_dataset(dataset, [Path(r) for r in root], Path(lr_root) if lr_root else None)
+    rows = [] if bicubic_only else model_rows(models, aligns, offsets_list, device, precision, batch, padding, tile)
+    with err_console.status("evaluating") as status:
+        result = evaluate(data, rows, crop_border, save_dir, progress=lambda clip: status.update(f"evaluating {clip.name}"))
+    Console(highlight=False).print(render_table(result))
+    if json_path:
+        write_json(result, json_path)
+    if csv_path:
+        write_csv(result, csv_path)
 
 
 @main.command(name="viz-offsets")
@@ -195,9 +227,37 @@ def viz_offsets() -> None:
 
 
 @main.command()
-def models() -> None:
-    """List the pretrained model zoo."""
-    not_yet("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def models(as_json: bool) -> None:
+    """List the pretrained model zoo: mode, offsets, parameters, quality against bicubic, file present."""
+    import json
+
+    from rich.table import Table
+
+    from vsrx.models import zoo
+
+    entries = zoo.manifest()["models"]
+    if as_json:
+        click.echo(json.dumps({"default": zoo.manifest().get("default"), "models": {
+            name: {**entry, "present": (zoo.WEIGHTS_DIR / entry["file"]).is_file()} for name, entry in entries.items()}}, indent=2))
+        return
+    if not entries:
+        click.echo("no pretrained models are bundled yet (weights/manifest.json is missing)")
+        return
+    table = Table(title=f"vsrx model zoo ({zoo.WEIGHTS_DIR})")
+    for column in ("name", "mode", "N", "G", "frames", "params", "Vimeo Y gain", "bikes Y gain", "file"):
+        table.add_column(column, justify="left" if column in ("name", "mode", "file") else "right")
+    default = zoo.manifest().get("default")
+    for name, e in entries.items():
+        def gain(key: str) -> str:
+            m = e.get("metrics", {}).get(key)
+            return f"{m['psnr_y'] - m['bicubic_psnr_y']:+.2f} dB" if m else "-"
+        present = (zoo.WEIGHTS_DIR / e["file"]).is_file()
+        label = name + (" (default)" if name == default else "")
+        table.add_row(label, zoo.mode_of(e) if "align" in e else e.get("arch", "-"), str(e.get("offsets", "-")),
+                      str(e.get("groups", "-")), str(e.get("frames", "-")), f"{e['params']:,}", gain("vimeo90k_00002"),
+                      gain("bikes"), "present" if present else "MISSING")
+    Console(highlight=False).print(table)
 
 
 @main.command()

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from vsrx.errors import UsageError, VsrxError
 from vsrx.inference import Upscaler, to_uint8
 from vsrx.io.reader import Frame, FrameSource, open_source
-from vsrx.io.writer import open_sink
+from vsrx.io.writer import VideoSink, open_sink
 from vsrx.models import EDVR, load_model
 
 
@@ -140,7 +140,7 @@ def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, i
                              pix_fmt=opts.pix_fmt, options=opts.encoder_options,
                              audio=opts.audio and (start, end) == (0, source.num_frames),
                              subtitles=opts.subtitles and (start, end) == (0, source.num_frames), overwrite=opts.overwrite)
-            if (start, end) != (0, source.num_frames) and (source.has_audio or source.has_subtitles):
+            if isinstance(sink, VideoSink) and (start, end) != (0, source.num_frames) and (source.has_audio or source.has_subtitles):
                 notes.append("audio/subtitles not copied for a --start/--end range")
         frames = run_range(upscaler, source, lo, hi)
         if world > 1:
@@ -219,3 +219,27 @@ def spill_and_gather(frames, dst: str, rank: int, world: int, progress, sink) ->
     finally:
         spill.unlink(missing_ok=True)
     return done
+
+
+def model_rows(models: tuple[str, ...], aligns: tuple[str, ...], offsets_list: tuple[int, ...], device: str,
+               precision: str, batch: int, padding: str, tile: int | None) -> list:
+    """(RowSpec, sr_fn) for each model x alignment mode x N asked for, for `vsrx eval`."""
+    from vsrx.evaluate.runner import RowSpec
+    from vsrx.models import zoo
+
+    dev = pick_device(device)
+    dtype = pick_dtype(precision, dev)
+    rows = []
+    for name in models or (zoo.default_name(),):
+        for align in aligns or (None,):
+            for offsets in (offsets_list if align == "decomp" else ()) or (None,):
+                model, label = resolve_model(UpscaleOptions(model=name, align=align, offsets=offsets), dev, dtype)
+                upscaler = Upscaler(model, padding=padding, batch=batch, device=dev, dtype=dtype, tile=tile)
+
+                def sr_fn(lr_frames, upscaler=upscaler):
+                    frames = (torch.from_numpy(f).permute(2, 0, 1) for f in lr_frames)
+                    return (to_uint8(x).cpu().numpy() for x in upscaler.stream(frames, len(lr_frames)))
+
+                spec = RowSpec(label, model.config.align, model.config.offsets, sum(p.numel() for p in model.parameters()))
+                rows.append((spec, sr_fn))
+    return rows

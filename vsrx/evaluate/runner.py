@@ -37,11 +37,11 @@ SrFn = Callable[[list[np.ndarray]], Iterable[np.ndarray]]
 
 @dataclass(frozen=True)
 class RowSpec:
-    """Labels of one result row: model name, alignment mode, offset source and parameter count."""
+    """Labels of one result row: model name, alignment mode, offsets N and parameter count."""
 
     model: str
     align: str | None = None
-    offsets: str | None = None
+    offsets: int | None = None
     params: int | None = None
 
     @property
