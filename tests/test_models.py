@@ -219,7 +219,9 @@ def test_load_model_converts_dcn_to_decomp9_exactly_and_refuses_others(tmp_path)
 
 
 def test_convert_basicsr_checkpoint(tmp_path):
-    model = tiny("dcn", num_frame=5).eval()
+    torch.manual_seed(0)
+    model = EDVR(EDVRConfig(num_feat=8, num_frame=5, groups=2, num_extract_block=2, num_reconstruct_block=3,
+                            with_tsa=True, hr_feat=16)).eval()
     torch.save({"params": model.state_dict()}, tmp_path / "EDVR_official.pth")
     converted, out = convert_checkpoint(tmp_path / "EDVR_official.pth", tmp_path / "edvr.safetensors")
     assert converted.config == model.config

@@ -221,9 +221,40 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
 
 
 @main.command(name="viz-offsets")
-def viz_offsets() -> None:
-    """Visualise the offsets a model's aligners learned."""
-    not_yet("viz-offsets")
+@click.argument("clip", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs, CSVs, summary.json and index.html.")
+@click.option("--model", help="Zoo name or .safetensors path (default: the bundled default model).")
+@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (as in upscale).")
+@click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
+@click.option("--frame", type=click.IntRange(0), help="Centre frame of the window to analyse (0-based; default: the middle frame).")
+@click.option("--neighbor", "neighbors", multiple=True, type=int, metavar="J", help="Neighbour relative to the centre, e.g. -1 or 2 (repeatable; default: all).")
+@click.option("--level", "levels", multiple=True, type=click.Choice(["l1", "l2", "l3", "cascade"]), help="Aligner to show (repeatable; default: l1 and cascade).")
+@click.option("--flow", type=click.Choice(["auto", "spynet", "none"]), default="auto", show_default=True, help="Optical-flow reference; auto: SPyNet when weights are available, else none.")
+@click.option("--spynet", type=click.Path(), help="SPyNet weights for the flow reference (default: the bundled ones).")
+@click.option("--groups-mean", is_flag=True, help="Show each offset's mean over the deformable groups instead of every group.")
+@click.option("--features", type=click.Choice(["pca", "mean"]), default="pca", show_default=True, help="Feature maps as a PCA to RGB or the channel mean.")
+@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True, help="How windows at the clip's ends are filled.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def viz_offsets(clip: str, out: str, neighbors: tuple[int, ...], levels: tuple[str, ...], **options) -> None:
+    """Visualise what a model's alignment learned on one window of CLIP (a video file or frame folder)."""
+    from vsrx.viz.report import VizOptions, viz_offsets as run_viz
+
+    opts = VizOptions(neighbors=neighbors, levels=levels, **options)
+    result = run_viz(clip, out, opts, note=lambda msg: err_console.print(f"vsrx: {msg}", highlight=False, soft_wrap=True))
+    s = result.summary
+    click.echo(f"frame {s['frame']} (window {s['window']}), {s['mode']} G={s['groups']} N={s['offsets']}, flow: {s['flow']}")
+    num = lambda x: "n/a" if x is None else f"{x:.3g}"  # noqa: E731 (non-finite values are None in the summary)
+    for r in s["results"]:
+        parts = [f"{r['level']:>7} {r['neighbour']:+d} (frame {r['frame']}): mean |offset| {num(r['mean_abs_offset'])} px",
+                 f"diversity {num(r['diversity'])} px"]
+        if r["within_1px"] is not None:
+            parts.append(f"within 1 px of flow {100 * r['within_1px']:.1f}%")
+        if r["mask"]:
+            parts.append(f"mask mean {r['mask']['mean']:.3f}")
+        if r["overflow"]:
+            parts.append("OFFSET OVERFLOW")
+        click.echo(", ".join(parts))
+    click.echo(f"{len(result.files)} files in {result.out}; open {result.html}")
 
 
 @main.command()

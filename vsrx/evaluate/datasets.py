@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from vsrx.io import images
 from vsrx.errors import InputError, UsageError
 from vsrx.evaluate.bicubic import downscale_x4_uint8, modcrop
 from vsrx.io.reader import VideoSource, natural_key
@@ -28,21 +27,12 @@ CONVENTIONAL_CHANNEL = {"reds4": "rgb", "vid4": "y", "vimeo90k-t": "y", "frames"
 LAYOUTS = tuple(CONVENTIONAL_CHANNEL)
 
 
-def _first_line(error: BaseException) -> str:
-    """The first line of an exception's message."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def read_image(path: Path, clip: str) -> np.ndarray:
     """Decode an 8-bit image file to HxWx3 uint8 RGB; errors name the clip and file."""
     try:
-        img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as error:
-        raise InputError(f"clip {clip}: cannot decode {path}: {_first_line(error)}") from error
-    if img.dtype != torch.uint8:
-        raise InputError(f"clip {clip}: {path} is not an 8-bit image")
-    return np.ascontiguousarray(img.permute(1, 2, 0).numpy())
+        return images.read_image(path)
+    except InputError as error:
+        raise InputError(f"clip {clip}: {error}") from None
 
 
 def _size(img: np.ndarray) -> str:

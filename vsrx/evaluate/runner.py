@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from rich.table import Table
-from torchvision.io import write_png
 
+from vsrx.io.images import write_png
 from vsrx.errors import ModelError, UsageError
 from vsrx.evaluate.bicubic import bicubic_upscale
 from vsrx.evaluate.datasets import CONVENTIONAL_CHANNEL, SCALE, Clip, Dataset
@@ -123,7 +123,7 @@ class _RowRun:
             if save_dir is not None:
                 path = save_dir / self.spec.dirname / clip.name / f"{i:08d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_png(torch.from_numpy(sr).permute(2, 0, 1).contiguous(), str(path))
+                write_png(path, sr)
             if pending is not None and pending[0] == i:
                 scores.append({"index": i, **frame_metrics(sr, pending[1], crop_border)})
                 pending = next(gt_frames, None)

@@ -38,6 +38,7 @@ class EDVRConfig:
     align: str = "dcn"
     offsets: int = 9
     center_frame_idx: int | None = None
+    hr_feat: int = 64  # width of the x4 tail (upconv2 output / 4, conv_hr); BasicSR fixes it at 64
 
     def __post_init__(self) -> None:
         if self.align not in ALIGN_MODES:
@@ -77,8 +78,8 @@ class EDVRConfig:
 PRESETS: dict[str, dict] = {
     "edvr-m": dict(num_feat=64, groups=8, num_extract_block=5, num_reconstruct_block=10, with_tsa=True),
     "edvr-l": dict(num_feat=128, groups=8, num_extract_block=5, num_reconstruct_block=40, with_tsa=True),
-    # CPU-friendly: a quarter of EDVR-M's width^2 cost, trainable on a laptop.
-    "edvr-s": dict(num_feat=32, groups=4, num_extract_block=2, num_reconstruct_block=5, with_tsa=False),
+    # CPU-friendly: half EDVR-M's width everywhere, including the x4 tail that dominates its cost.
+    "edvr-s": dict(num_feat=32, groups=4, num_extract_block=2, num_reconstruct_block=5, with_tsa=False, hr_feat=32),
 }
 
 
@@ -217,9 +218,10 @@ class EDVR(nn.Module):
             self.fusion = nn.Conv2d(config.num_frame * nf, nf, 1, 1)
         self.reconstruction = nn.Sequential(*[ResidualBlockNoBN(nf) for _ in range(config.num_reconstruct_block)])
         self.upconv1 = nn.Conv2d(nf, nf * 4, 3, 1, 1)
-        self.upconv2 = nn.Conv2d(nf, 64 * 4, 3, 1, 1)
-        self.conv_hr = nn.Conv2d(64, 64, 3, 1, 1)
-        self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
+        hf = config.hr_feat
+        self.upconv2 = nn.Conv2d(nf, hf * 4, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(hf, hf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(hf, 3, 3, 1, 1)
 
     def aligners(self) -> dict[str, Aligner]:
         """The model's aligners by qualified name (pcd_align.dcn_pack.l3 ... pcd_align.cas_dcnpack)."""

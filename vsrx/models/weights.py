@@ -216,6 +216,7 @@ def infer_edvr_config(state: dict[str, Tensor], num_frame: int | None = None) ->
         with_tsa=with_tsa,
         align=align,
         offsets=offsets,
+        hr_feat=state["conv_hr.weight"].shape[0],
     )
 
 

@@ -154,12 +154,20 @@ if triton is not None:
                     mask=o_ok[:, None] & c_ok[None, :],
                     other=0.0,
                 )
-                acc = tl.dot(wk, tile.to(wk.dtype), acc, input_precision=DOT_PRECISION)
+                # Round the samples to x's dtype (the operand precision of the unfused path); the
+                # second cast is a no-op except for bf16 under the interpreter (fp32 operands).
+                tile = tile.to(x_ptr.dtype.element_ty).to(wk.dtype)
+                acc = tl.dot(wk, tile, acc, input_precision=DOT_PRECISION)
 
         if HAS_BIAS:
             acc += tl.load(bias_ptr + o, mask=o_ok, other=0.0).to(tl.float32)[:, None]
         y_ptrs = y_ptr + pid_b * syb + (o * syc)[:, None] + (row * syh + col * syw)[None, :]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
+
+
+def _extent(t: Tensor) -> int:
+    """Elements spanned by one image of ``t`` (the kernel indexes within an image in int32)."""
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
 
 
 def _pow2(n: int, lo: int = 1) -> int:
@@ -186,7 +194,7 @@ def fused_decomp(
     block_p: int | None = None,
     block_o: int | None = None,
     num_warps: int | None = None,
-    tf32: bool = False,
+    precision: str | None = None,
 ) -> Tensor:
     """Eq. 3 in one kernel: same result as ``Aligner._decomposed(x, offset, mask)``.
 
@@ -198,8 +206,10 @@ def fused_decomp(
     x's memory format). Forward only: the result carries no autograd graph.
 
     The tuning knobs (``block_p`` pixels and ``block_o`` output channels per program,
-    ``num_warps``) default to a heuristic; ``tf32=True`` lets float32 inputs use TF32 tensor
-    cores for the mixing product (about 1e-3 relative error instead of ~1e-6).
+    ``num_warps``) default to a heuristic. ``precision`` is the float32 mixing product's
+    ``tl.dot`` input precision: ``"tf32x3"`` (default: tensor cores, float32-level accuracy),
+    ``"tf32"`` (faster, ~1e-3 relative error) or ``"ieee"`` (no tensor cores; spills registers
+    on sm_90). fp16/bf16 inputs always multiply fp16/bf16 operands with float32 accumulation.
     """
     if not available(x):
         raise RuntimeError("fused_decomp needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
@@ -217,12 +227,16 @@ def fused_decomp(
         raise ValueError(f"mask {tuple(mask.shape)} is not ({b}, {g * n}, {h}, {w})")
     if grid.numel() != 2 * n:
         raise ValueError(f"grid has {grid.numel()} values, not 2*{n}")
-    if max(c, o, 2 * g * n) * h * w > _INT32_MAX:
+    if max(_extent(t) for t in (x, offset, mask, None) if t is not None) > _INT32_MAX or o * h * w > _INT32_MAX:
         raise ValueError("image too large for the kernel's 32-bit per-image indexing")
 
     with torch.no_grad():
         dev = x.device
         wp = pack_weight(weight.detach().to(dev), g, n, x.dtype)
+        if x.dtype == torch.bfloat16 and interpreting():
+            # Triton's interpreter multiplies raw bf16 bit patterns in tl.dot (triton-lang/triton
+            # #11584, unsupported upstream): feed it bf16-rounded float32 operands instead.
+            wp = wp.float()
         gp = grid.detach().reshape(n, 2).to(device=dev, dtype=torch.float32).contiguous()
         bp = None if bias is None else bias.detach().to(device=dev, dtype=torch.float32).contiguous()
         offset = offset.detach()
@@ -234,11 +248,19 @@ def fused_decomp(
             return y
 
         bc = _pow2(cg, 16)  # tl.dot needs K >= 16; padded channels are masked (no memory traffic)
-        bo = block_o or min(_pow2(o, 16), 128)
-        bp_ = block_p or 128
+        # Heuristic from sm_90 register counts (ptxas): 64 pixels x 64 outputs x 4 warps needs
+        # ~144-168 registers/thread without spills; 128 pixels needs ~254 (fp16) and spills in
+        # ieee float32. Wider outputs use several output tiles (each re-gathers its samples).
+        bo = block_o or min(_pow2(o, 16), 64)
+        bp_ = block_p or 64
         warps = num_warps or 4
         m_arg = mask if mask is not None else offset  # dummy pointer, never read
-        precision = "ieee" if (x.dtype == torch.float32 and not tf32) else "tf32"
+        if x.dtype != torch.float32:
+            precision = "tf32"  # ignored for fp16/bf16 operands
+        elif precision is None:
+            precision = "tf32x3"
+        elif precision not in ("tf32x3", "tf32", "ieee"):
+            raise ValueError(f"precision must be 'tf32x3', 'tf32' or 'ieee', not {precision!r}")
         launch = (triton.cdiv(h * w, bp_), triton.cdiv(o, bo), b)
         _decomp_kernel[launch](
             x, offset, m_arg, wp, bp if bp is not None else wp, gp, y,

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from vsrx.errors import InputError, UsageError
 from vsrx.evaluate.bicubic import imresize
+from vsrx.io.images import read_image
 from vsrx.io.reader import natural_key, open_source
 from vsrx.io.windows import training_window
 
@@ -27,15 +27,6 @@ VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".y4m", ".ts", ".
 REDS4 = ("000", "011", "015", "020")
 DATASETS = ("reds", "vimeo90k", "videos", "synthetic")
 MARGIN = 2  # LR pixels of context around a patch: the x1/4 bicubic kernel reaches 2 LR pixels out
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB; InputError naming the file when it cannot be decoded."""
-    try:
-        data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-        return decode_image(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
-    except (RuntimeError, OSError, ValueError) as e:
-        raise InputError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 @dataclass

@@ -210,16 +210,17 @@ def learned_absmean(cap: WindowCapture, level: str, slot: int) -> float:
     return float(learned.abs().mean())
 
 
-def warped_per_offset(cap: WindowCapture, level: str, slot: int) -> Tensor:
+def warped_per_offset(cap: WindowCapture, level: str, slot: int, modulated: bool = False) -> Tensor:
     """(N, C, h, w): the input features of ``slot`` warped by each offset n (group g's channels by
-    offset (g, n)) and multiplied by its mask: the N maps Eq. 3 mixes with one 1x1 convolution."""
+    offset (g, n)); with ``modulated`` also multiplied by the masks, giving the N maps Eq. 3 mixes
+    with one 1x1 convolution."""
     lc = cap.levels[level]
     r = cap.row(slot)
     x, pos = lc.inputs[r], lc.offsets[r]  # (C, h, w), (G, N, 2, h, w)
     g, n = pos.shape[:2]
     c, h, w = x.shape
     warped = sample_offsets(x.view(g, c // g, h, w), pos)  # (G, C/G, N, h, w)
-    if lc.masks is not None:
+    if modulated and lc.masks is not None:
         warped = warped * lc.masks[r].unsqueeze(1)
     hv, wv = valid_size(cap.size, lc.scale)
     return warped.permute(2, 0, 1, 3, 4).reshape(n, c, h, w)[..., :hv, :wv]

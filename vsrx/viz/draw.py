@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-WHITE, BLACK, GREY, RED, BLUE = (255, 255, 255), (0, 0, 0), (200, 200, 200), (214, 39, 40), (31, 119, 180)
+WHITE, BLACK, GREY, RED, BLUE = (255, 255, 255), (0, 0, 0), (128, 128, 128), (214, 39, 40), (31, 119, 180)
 
 # Viridis sampled at ten evenly spaced points; colours in between are interpolated linearly.
 _VIRIDIS = np.array(
@@ -34,10 +34,14 @@ _GLYPHS = {
 
 def write_png(image: np.ndarray, path: str | Path) -> Path:
     """Save an (H, W, 3) uint8 array as PNG."""
+    import warnings
+
     from torchvision.io import write_png as _write
 
     path = Path(path)
-    _write(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(), str(path))
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of TorchCodec; they still work
+        warnings.filterwarnings("ignore", message=".*image decoding and encoding capabilities.*")
+        _write(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(), str(path))
     return path
 
 
