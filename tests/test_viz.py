@@ -27,10 +27,10 @@ H, W = 30, 42  # not multiples of 4: the model pads, the report crops back
 FRAMES = 5
 
 
-def tiny(align: str = "flow", groups: int = 1, offsets: int = 1) -> EDVR:
+def tiny(align: str = "flow", groups: int = 1, offsets: int = 1, with_tsa: bool = False) -> EDVR:
     torch.manual_seed(0)
     return EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=groups, offsets=offsets, align=align,
-                           num_extract_block=1, num_reconstruct_block=1, with_tsa=False))
+                           num_extract_block=1, num_reconstruct_block=1, with_tsa=with_tsa))
 
 
 def translating_model(d: tuple[float, float] = D) -> EDVR:
@@ -63,7 +63,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     spynet = SpyNet()
     for p in spynet.parameters():
         torch.nn.init.zeros_(p)  # a SPyNet that sees no motion anywhere: flow exactly 0
-    decomp = tiny("decomp", groups=2, offsets=3)
+    decomp = tiny("decomp", groups=2, offsets=3, with_tsa=True)
     for a in decomp.aligners().values():
         torch.nn.init.normal_(a.conv_offset.weight, std=0.05)
     return {

@@ -68,10 +68,6 @@ class FrameProgress:
             self.bar.stop()
 
 
-def not_yet(command: str) -> None:
-    raise UsageError(f"`vsrx {command}` is not implemented in this version yet")
-
-
 def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
     options = {}
     for item in values:

@@ -23,8 +23,6 @@ on CPU tensors (slowly; for tests only).
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
@@ -35,20 +33,16 @@ except Exception:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-__all__ = ["available", "fused_decomp", "interpreting"]
+__all__ = ["available", "fused_decomp", "interpreting", "pack_weight"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
 
 
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    if triton is None:
-        return False
-    try:
-        return bool(triton.knobs.runtime.interpret)
-    except AttributeError:  # pragma: no cover - older triton without knobs
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    """True when this module's kernel runs in Triton's CPU interpreter: ``TRITON_INTERPRET=1``
+    was set when the kernel was defined (setting it later changes nothing)."""
+    return _INTERPRETED
 
 
 def available(x: Tensor) -> bool:
@@ -164,6 +158,11 @@ if triton is not None:
         y_ptrs = y_ptr + pid_b * syb + (o * syc)[:, None] + (row * syh + col * syw)[None, :]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
 
+    # triton.jit returns an InterpretedFunction when TRITON_INTERPRET=1 was set at import time.
+    _INTERPRETED = type(_decomp_kernel).__name__ == "InterpretedFunction"
+else:  # pragma: no cover - without triton
+    _INTERPRETED = False
+
 
 def _extent(t: Tensor) -> int:
     """Elements spanned by one image of ``t`` (the kernel indexes within an image in int32)."""
@@ -227,7 +226,13 @@ def fused_decomp(
         raise ValueError(f"mask {tuple(mask.shape)} is not ({b}, {g * n}, {h}, {w})")
     if grid.numel() != 2 * n:
         raise ValueError(f"grid has {grid.numel()} values, not 2*{n}")
-    if max(_extent(t) for t in (x, offset, mask, None) if t is not None) > _INT32_MAX or o * h * w > _INT32_MAX:
+    if offset.device != x.device or (mask is not None and mask.device != x.device):
+        raise ValueError("x, offset and mask must be on the same device")
+    for name, value in (("block_p", block_p), ("block_o", block_o)):
+        if value is not None and (value < 16 or value & (value - 1)):
+            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot), not {value}")
+    extent = max(_extent(t) for t in (x, offset, mask) if t is not None)
+    if extent > _INT32_MAX or o * h * w > _INT32_MAX:
         raise ValueError("image too large for the kernel's 32-bit per-image indexing")
 
     with torch.no_grad():
@@ -242,7 +247,8 @@ def fused_decomp(
         offset = offset.detach()
         mask = None if mask is None else mask.detach()
         x = x.detach()
-        fmt = torch.channels_last if (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()) else torch.contiguous_format
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         y = torch.empty((b, o, h, w), device=dev, dtype=x.dtype, memory_format=fmt)
         if b == 0 or h * w == 0 or o == 0:
             return y

@@ -85,10 +85,12 @@ def colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.round(_VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f).astype(np.uint8)
 
 
-def format_number(value: float) -> str:
-    """A short label the bitmap font can draw (digits, '.', '-'; no exponent)."""
+def format_number(value: float, decimals: int | None = None) -> str:
+    """A short label the bitmap font can draw (digits, '.', '-'; no exponent); ``decimals`` fixes the precision."""
     if not math.isfinite(value):
         return "-"
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
     a = abs(value)
     if a >= 100 or value == int(value):
         return str(int(round(value)))
@@ -121,7 +123,10 @@ def heatmap(values: np.ndarray, lo: float, hi: float, factor: int = 1, bar_width
     body = enlarge(colormap(values, lo, hi), factor)
     h, w = body.shape[:2]
     h = max(h, 40)
-    labels = (format_number(hi), format_number((lo + hi) / 2), format_number(lo))
+    span = hi - lo
+    # Enough decimals to tell the three labels apart (a narrow range around a large value needs more).
+    decimals = None if span <= 0 or span >= 2 else min(6, max(2, math.ceil(-math.log10(span / 2))))
+    labels = (format_number(hi, decimals), format_number((lo + hi) / 2, decimals), format_number(lo, decimals))
     label_w = max(text_size(t)[1] for t in labels)
     gap, margin = 6, 6
     out = np.full((h + 2 * margin, w + gap + bar_width + 4 + label_w + 2 * margin, 3), 255, np.uint8)
