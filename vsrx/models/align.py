@@ -123,8 +123,8 @@ class Aligner(nn.Module):
         mask = torch.sigmoid(out[:, 2 * g * n :]) if self.modulated else None
         if self.record is not None:
             b, _, h, w = offset.shape
-            absolute = offset.view(b, g, n, 2, h, w) + self.grid.to(offset.dtype)
-            self.record.append((absolute, None if mask is None else mask.view(b, g, n, h, w)))
+            absolute = offset.reshape(b, g, n, 2, h, w) + self.grid.to(offset.dtype)
+            self.record.append((absolute, None if mask is None else mask.reshape(b, g, n, h, w)))
         if self.mode != "dcn" and x.is_cuda and not torch.is_grad_enabled():
             from vsrx.ops import fused  # imports triton only for CUDA inference
 
@@ -146,11 +146,11 @@ class Aligner(nn.Module):
         """Eq. 3: N warps per group, modulated, stacked, one 1x1 convolution."""
         b, c, h, w = x.shape
         g, n = self.groups, self.offsets
-        pos = offset.view(b, g, n, 2, h, w) + self.grid.to(offset.dtype)
-        warped = sample_offsets(x.reshape(b * g, c // g, h, w), pos.view(b * g, n, 2, h, w))
+        pos = offset.reshape(b * g, n, 2, h, w) + self.grid.to(offset.dtype).view(1, n, 2, 1, 1)
+        warped = sample_offsets(x.reshape(b * g, c // g, h, w), pos)
         if mask is not None:
-            warped = warped * mask.view(b * g, 1, n, h, w)
-        return F.conv2d(warped.view(b, c * n, h, w), self.weight.to(x.dtype), self.bias.to(x.dtype))
+            warped = warped * mask.reshape(b * g, 1, n, h, w)
+        return F.conv2d(warped.reshape(b, c * n, h, w), self.weight.to(x.dtype), self.bias.to(x.dtype))
 
 
 def dcn_to_decomp(weight: Tensor) -> Tensor:
