@@ -287,6 +287,61 @@ def models(as_json: bool) -> None:
     Console(highlight=False).print(table)
 
 
+def csv_list(kind):
+    def parse(ctx, param, value):
+        try:
+            return [kind(v) for v in value.split(",") if v]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list, got {value!r}") from None
+
+    return parse
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]), default="edvr-s", show_default=True)
+@click.option("--modes", default="dcn,decomp-5,decomp-9,flow", show_default=True, callback=csv_list(str), help="Alignment modes (dcn, flow, decomp-N).")
+@click.option("--precision", "precisions", default="fp32", show_default=True, callback=csv_list(str), help="Comma list of fp32, fp16, bf16.")
+@click.option("--batch", "batches", default="1", show_default=True, callback=csv_list(int), help="Comma list of batch sizes.")
+@click.option("--size", default="180x320", show_default=True, help="LR frame size HxW (output is 4x).")
+@click.option("--frames", type=click.IntRange(1), default=8, show_default=True, help="Frames timed per configuration.")
+@click.option("--num-frame", type=click.IntRange(1), default=7, show_default=True, help="Window length T.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
+@click.option("--end-to-end", is_flag=True, help="Also time decode + model + encode of a generated clip.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write machine, command and raw numbers here.")
+def bench(preset, modes, precisions, batches, size, frames, num_frame, device, threads, end_to_end, json_path) -> None:
+    """Speed and memory per mode, precision and batch, next to a naive reference (per-window features, torchvision DCN, fp32, batch 1)."""
+    import json
+
+    from rich.table import Table
+
+    from vsrx.bench import Case, bench as run_bench
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size expects HxW, got {size!r}") from None
+    cases = [Case(mode=m, precision=p, batch=b, end_to_end=e2e) for e2e in ([False, True] if end_to_end else [False])
+             for m in modes for p in precisions for b in batches]
+    table = Table(title=f"vsrx bench: {preset}, {h}x{w} -> {4 * h}x{4 * w}, T={num_frame}")
+    for col in ("run", "mode", "cache", "precision", "batch", "ms/frame", "fps", "x ref", "host MB", "GPU MB"):
+        table.add_column(col, justify="left" if col in ("run", "mode") else "right", no_wrap=True)
+
+    def report(r):
+        table.add_row("e2e" if r["end_to_end"] else "model", r["mode"] + (" (ref)" if r["reference"] else ""),
+                      "on" if r["cache"] else "off", r["precision"], str(r["batch"]), f"{r['ms_per_frame']:.1f}",
+                      f"{r['fps']:.3f}", f"{r['speedup']:.2f}", f"{r['peak_host_mb']:.0f}", f"{r.get('peak_gpu_mb', 0):.0f}")
+        err_console.print(f"{'e2e' if r['end_to_end'] else 'model'} {r['mode']} cache={r['cache']} {r['precision']} "
+                          f"batch {r['batch']}: {r['ms_per_frame']:.1f} ms/frame ({r['speedup']:.2f}x reference)")
+
+    result = run_bench(cases, preset, (h, w), frames, device, num_frame, threads, report)
+    result["command"] = " ".join(["vsrx", *sys.argv[1:]])
+    Console(highlight=False, width=max(Console().width, 110)).print(table)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+
+
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))

@@ -22,7 +22,7 @@ from vsrx.errors import UsageError, VsrxError
 from vsrx.inference import Upscaler, to_uint8
 from vsrx.io.reader import Frame, FrameSource, open_source
 from vsrx.io.writer import VideoSink, open_sink
-from vsrx.models import EDVR, load_model
+from vsrx.models import EDVR, convert_alignment, load_model
 
 
 @dataclass
@@ -49,6 +49,8 @@ class UpscaleOptions:
     audio: bool = True
     subtitles: bool = True
     overwrite: bool = False
+    dcn_impl: str = "auto"  # auto: dcn models run as their exact decomp-9 form on CPU, where it is faster
+    cache: bool = True  # False recomputes every window's features (the naive reference of `vsrx bench`)
 
 
 @dataclass
@@ -99,6 +101,8 @@ def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype
     model = load_model(name, opts.align, opts.offsets, device=device)
     if not isinstance(model, EDVR):
         raise UsageError(f"{name} is not a super-resolution model")
+    if model.config.align == "dcn" and (opts.dcn_impl == "decomp" or (opts.dcn_impl == "auto" and device.type == "cpu")):
+        model = convert_alignment(model, "decomp", 9)
     return model.to(dtype), Path(name).name
 
 
@@ -123,7 +127,7 @@ def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, i
     model, model_name = resolve_model(opts, device, dtype)
     start, end = frame_range(opts, source.num_frames)
     upscaler = Upscaler(model, padding=opts.padding, batch=opts.batch, device=device, dtype=dtype,
-                        tile=opts.tile, tile_overlap=opts.tile_overlap, on_retry=note)
+                        tile=opts.tile, tile_overlap=opts.tile_overlap, cache=opts.cache, on_retry=note)
     t0 = time.perf_counter()
     if world > 1:
         if not dist.is_initialized():

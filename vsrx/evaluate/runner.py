@@ -47,7 +47,7 @@ class RowSpec:
     @property
     def dirname(self) -> str:
         """Folder name for this row's saved frames."""
-        label = "-".join(part for part in (self.model, self.align, self.offsets) if part)
+        label = "-".join(str(part) for part in (self.model, self.align, self.offsets) if part)
         return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 

@@ -1,0 +1,143 @@
+"""`vsrx bench`: latency, throughput and peak memory per alignment mode, precision and batch,
+model-only and end to end, always next to a naive reference measured in the same run.
+
+The reference is what a straightforward implementation does: every window's features
+recomputed, torchvision's DCN, fp32, batch 1. Each configuration runs in its own process so its
+peak host memory is its own. Weights are random: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REFERENCE = {"mode": "dcn", "cache": False, "precision": "fp32", "batch": 1, "dcn_impl": "torchvision"}
+
+
+@dataclass
+class Case:
+    mode: str = "decomp-5"  # dcn, flow or decomp-N
+    cache: bool = True
+    precision: str = "fp32"
+    batch: int = 1
+    dcn_impl: str = "auto"  # auto: dcn runs as its exact decomp-9 form on CPU
+    end_to_end: bool = False
+
+
+def machine(device: str, threads: int) -> dict:
+    import torch
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+            "torch": torch.__version__, "python": platform.python_version(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def make_clip(path: Path, frames: int, h: int, w: int) -> None:
+    """A moving-gradient test clip (H.264, 25 fps)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        yy, xx = np.mgrid[0:h, 0:w]
+        for i in range(frames):
+            img = np.stack([(xx + 3 * i) % 256, (2 * yy + i) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device: str, num_frame: int) -> dict:
+    """Measure one configuration in this process."""
+    import torch
+
+    from vsrx.inference import Upscaler
+    from vsrx.models import build_model, convert_alignment, save_model
+    from vsrx.pipeline import UpscaleOptions, pick_device, pick_dtype, upscale
+
+    dev = pick_device(device)
+    dtype = pick_dtype(case.precision, dev)
+    align, _, n = case.mode.partition("-")
+    torch.manual_seed(0)
+    model = build_model(preset, align, int(n) if n else None, num_frame=num_frame).eval()
+    for a in model.aligners().values():  # offsets of a plausible size, not all zero
+        torch.nn.init.normal_(a.conv_offset.weight, std=0.01)
+    h, w = size
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    if case.end_to_end:
+        tmp = Path(tempfile.mkdtemp())
+        make_clip(tmp / "in.mp4", frames, h, w)
+        save_model(model, tmp / "m.safetensors")
+        opts = UpscaleOptions(model=str(tmp / "m.safetensors"), device=device, precision=case.precision,
+                              batch=case.batch, dcn_impl=case.dcn_impl, cache=case.cache)
+        t0 = time.perf_counter()
+        result = upscale(str(tmp / "in.mp4"), str(tmp / "out.mp4"), opts)
+        seconds, count = time.perf_counter() - t0, result.frames
+    else:
+        if align == "dcn" and (case.dcn_impl == "decomp" or (case.dcn_impl == "auto" and dev.type == "cpu")):
+            model = convert_alignment(model, "decomp", 9)
+        model = model.to(dev, dtype)
+        clip = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for _ in range(min(frames, 16))]
+        it = Upscaler(model, batch=case.batch, device=dev, dtype=dtype, cache=case.cache).stream(
+            (clip[i % len(clip)] for i in range(frames + case.batch)), frames + case.batch)
+        for _ in range(case.batch):  # warm-up batch
+            next(it)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        count = sum(1 for _ in it)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - t0
+    result = {**asdict(case), "frames": count, "ms_per_frame": 1000 * seconds / count, "fps": count / seconds,
+              "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if dev.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return result
+
+
+def bench(cases: list[Case], preset: str = "edvr-s", size: tuple[int, int] = (180, 320), frames: int = 8,
+          device: str = "auto", num_frame: int = 7, threads: int | None = None, report=print) -> dict:
+    """Run the reference and every case, each in a fresh process; returns {machine, results}."""
+    threads = threads or os.cpu_count() or 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    results, refs = [], {}
+    ref_cases = [Case(**REFERENCE, end_to_end=e2e) for e2e in sorted({c.end_to_end for c in cases})]
+    for case in ref_cases + cases:
+        spec = json.dumps({"case": asdict(case), "preset": preset, "size": size, "frames": frames, "device": device,
+                           "num_frame": num_frame})
+        proc = subprocess.run([sys.executable, "-m", "vsrx.bench", spec], capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr[-2000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r["reference"] = r["end_to_end"] not in refs
+        refs.setdefault(r["end_to_end"], r)
+        r["speedup"] = r["fps"] / refs[r["end_to_end"]]["fps"]
+        results.append(r)
+        report(r)
+    return {"machine": machine(device, threads), "preset": preset, "lr_size": list(size), "num_frame": num_frame,
+            "results": results}
+
+
+def _child() -> None:
+    import torch
+
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    print(json.dumps(run_case(Case(**spec["case"]), spec["preset"], tuple(spec["size"]), spec["frames"], spec["device"],
+                              spec["num_frame"])))
+
+
+if __name__ == "__main__":
+    _child()
