@@ -246,6 +246,7 @@ def _train(cfg: TrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
     frozen = [p for n, p in model.named_parameters() if cfg.freeze_except and not n.startswith(cfg.freeze_except)]
     log(f"training {model.config.mode_name} {cfg.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
         f"on {len(clips) or 'procedural'} {cfg.dataset} clips, {run.world} process(es) on {run.device}, steps {start}..{cfg.iters}")
+    board = tensorboard(out) if run.main else None
     t0, seen = time.perf_counter(), 0
     step = start
     for step, batch in enumerate(loader, start=start + 1):
@@ -296,18 +297,38 @@ def _train(cfg: TrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
                 log(f"warning: offsets overflowing (mean |offset| {worst:.1f} > {OVERFLOW_WARNING:.0f}); consider --offset-fidelity")
             if run.main:
                 append_jsonl(out / "metrics.jsonl", entry)
+            if board:
+                for key in ("loss", "lr", "it_per_s", "fidelity"):
+                    if key in entry:
+                        board.add_scalar(f"train/{key}", entry[key], step)
+                for name, value in entry["offset_mean"].items():
+                    board.add_scalar(f"offset_mean/{name}", value, step)
         if run.main and (step % cfg.save_every == 0 or step == cfg.iters):
             save_checkpoint(out, model, optimizer, step, deploy_form(model, cfg), cfg.keep)
         if run.main and cfg.val and (step % cfg.val_every == 0 or step == cfg.iters):
             scores = validate(deploy_form(model, cfg).eval(), cfg.val, cfg.val_frames, run.device)
             model.train()
             append_jsonl(out / "metrics.jsonl", {"step": step, "val": scores})
+            for clip, v in scores.items() if board else ():
+                board.add_scalar(f"val/{clip}/psnr_y", v["psnr_y"], step)
+                board.add_scalar(f"val/{clip}/psnr_rgb", v["psnr_rgb"], step)
             log(f"step {step} validation: " + ", ".join(f"{k} Y {v['psnr_y']:.2f} dB (bicubic {v['bicubic_psnr_y']:.2f})" for k, v in scores.items()))
     for a in aligners.values():
         a.record = None
+    if board:
+        board.close()
     if run.main and not checkpoints(out) and step == start:
         save_checkpoint(out, model, optimizer, step, deploy_form(model, cfg), cfg.keep)
     return out / "model.safetensors"
+
+
+def tensorboard(out: Path):
+    """A TensorBoard writer under out/tb when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
 
 
 def estimate_flow(spynet: nn.Module, lr_frames: torch.Tensor, center: int) -> torch.Tensor:
