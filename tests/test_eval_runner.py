@@ -73,7 +73,7 @@ def test_identity_row_gives_inf_and_writers_keep_it(vid4_root, tmp_path):
         assert len(frames) == len(lr)
         return frames
 
-    spec = RowSpec("oracle", align="dcn", offsets="learned", params=1234567)
+    spec = RowSpec("oracle", align="dcn", offsets=9, params=1234567)
     result = evaluate(open_dataset("vid4", [root]), [(spec, oracle)])
     row = result["rows"][1]
     assert row["model"] == "oracle" and row["average"]["psnr_rgb"] == math.inf
@@ -90,14 +90,14 @@ def test_identity_row_gives_inf_and_writers_keep_it(vid4_root, tmp_path):
         lines = list(csv.DictReader(handle))
     assert len(lines) == 2 * 5
     assert lines[-1] == {
-        "model": "oracle", "align": "dcn", "offsets": "learned", "params": "1234567",
+        "model": "oracle", "align": "dcn", "offsets": "9", "params": "1234567",
         "clip": "city", "frame": "2", "psnr_y": "inf", "psnr_rgb": "inf", "ssim_y": "1.0", "ssim_rgb": "1.0",
     }  # fmt: skip
 
     console = Console(record=True, width=200)
     console.print(render_table(result))
     out = console.export_text()
-    assert "vid4" in out and "on Y" in out and "calendar" in out and "dcn / learned" in out and "1.23M" in out
+    assert "vid4" in out and "on Y" in out and "calendar" in out and "dcn" in out and "1.23M" in out
     assert "inf/1.0000" in out
 
 
@@ -144,3 +144,42 @@ def test_video_dataset_end_to_end(tmp_path):
     row = result["rows"][0]
     assert list(row["clips"]) == ["clip"] and len(row["clips"]["clip"]["frames"]) == 2
     assert all(math.isfinite(row["average"][m]) for m in METRICS)
+
+
+def test_eval_cli_runs_models_and_modes_into_one_table(vid4_root, tmp_path):
+    """`vsrx eval` with a dcn model run as dcn and as decomp-9: same scores, stable JSON schema."""
+    from click.testing import CliRunner
+
+    from vsrx.cli import main
+    from vsrx.models import EDVR, EDVRConfig, save_model
+
+    root, _ = vid4_root
+    torch.manual_seed(0)
+    model = EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=2, num_extract_block=1, num_reconstruct_block=1, with_tsa=False))
+    weights = save_model(model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["eval", "--dataset", "vid4", "--root", str(root), "--model", str(weights),
+                                       "--align", "dcn", "--align", "decomp", "--offsets", "9", "--json", str(out),
+                                       "--csv", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert "bicubic" in result.output and "tiny.safet" in result.output
+    data = json.loads(out.read_text())
+    assert data["dataset"] == "vid4" and [r["model"] for r in data["rows"]] == ["bicubic", "tiny.safetensors", "tiny.safetensors"]
+    dcn, decomp = data["rows"][1], data["rows"][2]
+    assert (dcn["align"], decomp["align"], decomp["offsets"]) == ("dcn", "decomp", 9)
+    for row in data["rows"]:
+        assert set(row["average"]) == set(METRICS) and "ms_per_frame" in row
+        for clip in row["clips"].values():
+            assert set(METRICS) <= set(clip) and clip["frames"]
+    for clip in dcn["clips"]:
+        assert dcn["clips"][clip]["psnr_y"] == pytest.approx(decomp["clips"][clip]["psnr_y"], abs=0.01)
+
+
+def test_eval_cli_bad_root_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from vsrx.cli import main
+
+    result = CliRunner().invoke(main, ["eval", "--dataset", "vid4", "--root", str(tmp_path / "missing"), "--bicubic-only"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "missing" in result.output

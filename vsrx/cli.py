@@ -209,7 +209,7 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
     rows = [] if bicubic_only else model_rows(models, aligns, offsets_list, device, precision, batch, padding, tile)
     with err_console.status("evaluating") as status:
         result = evaluate(data, rows, crop_border, save_dir, progress=lambda clip: status.update(f"evaluating {clip.name}"))
-    Console(highlight=False).print(render_table(result))
+    Console(highlight=False, width=max(Console().width, 120)).print(render_table(result))
     if json_path:
         write_json(result, json_path)
     if csv_path:

@@ -22,7 +22,7 @@ from vsrx.errors import UsageError, VsrxError
 from vsrx.inference import Upscaler, to_uint8
 from vsrx.io.reader import Frame, FrameSource, open_source
 from vsrx.io.writer import VideoSink, open_sink
-from vsrx.models import EDVR, convert_alignment, load_model
+from vsrx.models import EDVR, EDVRConfig, convert_alignment, load_model
 
 
 @dataclass
@@ -94,16 +94,18 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype) -> tuple[EDVR, str]:
+def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype) -> tuple[EDVR, str, EDVRConfig]:
+    """The model to run, its display name, and its config as asked (a dcn model may run as decomp-9)."""
     from vsrx.models import zoo
 
     name = opts.model or zoo.default_name()
     model = load_model(name, opts.align, opts.offsets, device=device)
     if not isinstance(model, EDVR):
         raise UsageError(f"{name} is not a super-resolution model")
-    if model.config.align == "dcn" and (opts.dcn_impl == "decomp" or (opts.dcn_impl == "auto" and device.type == "cpu")):
+    asked = model.config
+    if asked.align == "dcn" and (opts.dcn_impl == "decomp" or (opts.dcn_impl == "auto" and device.type == "cpu")):
         model = convert_alignment(model, "decomp", 9)
-    return model.to(dtype), Path(name).name
+    return model.to(dtype), Path(name).name, asked
 
 
 def frame_range(opts: UpscaleOptions, total: int) -> tuple[int, int]:
@@ -124,7 +126,7 @@ def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, i
     source = open_source(src)
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.precision, device)
-    model, model_name = resolve_model(opts, device, dtype)
+    model, model_name, asked = resolve_model(opts, device, dtype)
     start, end = frame_range(opts, source.num_frames)
     upscaler = Upscaler(model, padding=opts.padding, batch=opts.batch, device=device, dtype=dtype,
                         tile=opts.tile, tile_overlap=opts.tile_overlap, cache=opts.cache, on_retry=note)
@@ -172,7 +174,7 @@ def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, i
     out = Path(dst)
     size = sum(p.stat().st_size for p in out.rglob("*")) if out.is_dir() else out.stat().st_size
     return UpscaleResult(str(out), done, seconds, done / max(seconds, 1e-9), size, model_name,
-                         model.config.mode_name, str(device), str(dtype).removeprefix("torch."), notes)
+                         asked.mode_name, str(device), str(dtype).removeprefix("torch."), notes)
 
 
 def run_range(upscaler: Upscaler, source: FrameSource, lo: int, hi: int) -> Iterator[tuple[Frame, np.ndarray]]:
@@ -237,13 +239,13 @@ def model_rows(models: tuple[str, ...], aligns: tuple[str, ...], offsets_list: t
     for name in models or (zoo.default_name(),):
         for align in aligns or (None,):
             for offsets in (offsets_list if align == "decomp" else ()) or (None,):
-                model, label = resolve_model(UpscaleOptions(model=name, align=align, offsets=offsets), dev, dtype)
+                model, label, asked = resolve_model(UpscaleOptions(model=name, align=align, offsets=offsets), dev, dtype)
                 upscaler = Upscaler(model, padding=padding, batch=batch, device=dev, dtype=dtype, tile=tile)
 
                 def sr_fn(lr_frames, upscaler=upscaler):
                     frames = (torch.from_numpy(f).permute(2, 0, 1) for f in lr_frames)
                     return (to_uint8(x).cpu().numpy() for x in upscaler.stream(frames, len(lr_frames)))
 
-                spec = RowSpec(label, model.config.align, model.config.offsets, sum(p.numel() for p in model.parameters()))
+                spec = RowSpec(label, asked.align, asked.offsets, sum(p.numel() for p in model.parameters()))
                 rows.append((spec, sr_fn))
     return rows

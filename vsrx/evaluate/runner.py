@@ -206,8 +206,10 @@ def write_csv(result: dict[str, Any], path: str | Path) -> None:
 
 
 def _mode(row: dict[str, Any]) -> str:
-    """Alignment mode and offset source of a row, for display."""
-    return " / ".join(part for part in (row["align"], row["offsets"]) if part) or "-"
+    """Alignment mode of a row for display: dcn, flow, decomp-N, or '-'."""
+    if row["align"] == "decomp":
+        return f"decomp-{row['offsets']}"
+    return row["align"] or "-"
 
 
 def _params(count: int | None) -> str:
