@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import vsrx
-from vsrx.errors import UsageError
+from vsrx.errors import InputError, UsageError
 from vsrx.models.spynet import SpyNet
 from vsrx.ops.warp import flow_warp
 from vsrx.train.data import Clip
@@ -72,6 +72,10 @@ def test_pairs_from_stills() -> None:
     still = Clip("s", rng.integers(0, 256, size=(2, 80, 96, 3), dtype=np.uint8))
     pair = FlowPairs([still], (32, 32), key=(0,), scales=(2,)).pair(0)
     assert pair.ref.shape == (3, 32, 32) and pair.flow.shape == (2, 32, 32)
+    # Too small for scale 4 at 32x32: only the scales that fit are drawn.
+    assert all(FlowPairs([still], (32, 32), key=(0,), scales=(1, 4)).pair(i).ref.shape == (3, 32, 32) for i in range(3))
+    with pytest.raises(InputError, match="smaller than"):
+        FlowPairs([still], (48, 48), key=(0,), scales=(2,)).pair(0)
 
 
 def test_augmentation_keeps_flow_consistent() -> None:
@@ -102,7 +106,7 @@ def test_fresh_model_starts_at_zero_flow_and_loss_decreases() -> None:
     ref, supp, flow = (torch.stack([p[k] for p in batch]) for k in range(3))
     zero_epe = flow.norm(dim=1).mean().item()
     assert evaluate_epe(model, batch) == pytest.approx(zero_epe, rel=1e-5)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     losses = []
     with record_levels(model) as levels:
         for _ in range(15):
@@ -113,8 +117,8 @@ def test_fresh_model_starts_at_zero_flow_and_loss_decreases() -> None:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-    assert max(losses[-3:]) < 0.85 * losses[0]
-    assert evaluate_epe(model, batch) < 0.8 * zero_epe
+    assert max(losses[-3:]) < 0.7 * losses[0]
+    assert evaluate_epe(model, batch) < 0.6 * zero_epe
 
 
 def test_train_saves_loadable_spynet_and_logs_validation(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from clips import (
 )
 
 from vsrx.errors import InputError
-from vsrx.io.reader import Frame, natural_key, open_source
+from vsrx.io.images import natural_key
+from vsrx.io.reader import Frame, open_source
 
 BT709 = {"color_range": 1, "color_primaries": 1, "color_trc": 1, "colorspace": 1}
 

@@ -15,10 +15,10 @@ import numpy as np
 from vsrx.io import images
 from vsrx.errors import InputError, UsageError
 from vsrx.evaluate.bicubic import downscale_x4_uint8, modcrop
-from vsrx.io.reader import VideoSource, natural_key
+from vsrx.io.images import natural_key
+from vsrx.io.reader import VideoSource
 
 SCALE = 4
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 REDS4_CLIPS = ("000", "011", "015", "020")
 VIMEO_FRAMES = 7
 VIMEO_CENTRE = 3
@@ -124,12 +124,9 @@ def _list_images(folder: Path, clip: str) -> tuple[Path, ...]:
     """Image files in `folder`, naturally sorted; InputError if the folder is missing or holds none."""
     if not folder.is_dir():
         raise InputError(f"clip {clip}: folder {folder} does not exist")
-    paths = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=natural_key,
-    )
+    paths = images.list_images(folder)
     if not paths:
-        raise InputError(f"clip {clip}: no .png/.jpg frames in {folder}")
+        raise InputError(f"clip {clip}: no image frames in {folder}")
     return tuple(paths)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,21 @@ import torch
 from torchvision import io as tvio
 
 from vsrx.errors import InputError
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def natural_key(path: Path) -> tuple[str | int, ...]:
+    """Sort key that orders digit runs by value, so 'frame2' < 'frame10'."""
+    parts = re.split(r"(\d+)", path.name.lower())
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files of a folder (hidden files left out), in natural order."""
+    files = (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted((p for p in files if p.is_file()), key=natural_key)
 
 
 def _quiet():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ import numpy as np
 from av.video.reformatter import ColorRange, VideoReformatter
 
 from vsrx.errors import InputError
+from vsrx.io.images import IMAGE_EXTENSIONS, list_images
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 UNSPECIFIED_COLOR = {"color_range": 0, "color_primaries": 2, "color_trc": 2, "colorspace": 2}
 """FFmpeg's 'unspecified' value for each colour property; such values are left out of `color`."""
@@ -165,14 +164,7 @@ class FolderSource(FrameSource):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.files = sorted(
-            (
-                p
-                for p in path.iterdir()
-                if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-            ),
-            key=natural_key,
-        )
+        self.files = list_images(path)
         if not self.files:
             raise InputError(
                 f"{path}: no image frames ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder"
@@ -206,12 +198,6 @@ def open_source(path: str | Path) -> FrameSource:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     return VideoSource(path)
-
-
-def natural_key(path: Path) -> tuple[str | int, ...]:
-    """Sort key that orders digit runs by value, so 'frame2' < 'frame10'."""
-    parts = re.split(r"(\d+)", path.name.lower())
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
 
 
 def _open_media(path: Path) -> av.container.InputContainer:

@@ -18,11 +18,10 @@ from torch.utils.data import Dataset
 
 from vsrx.errors import InputError, UsageError
 from vsrx.evaluate.bicubic import imresize
-from vsrx.io.images import read_image
-from vsrx.io.reader import natural_key, open_source
+from vsrx.io.images import list_images, natural_key, read_image
+from vsrx.io.reader import open_source
 from vsrx.io.windows import training_window
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".y4m", ".ts", ".flv", ".mpg", ".mpeg"}
 REDS4 = ("000", "011", "015", "020")
 DATASETS = ("reds", "vimeo90k", "videos", "synthetic")
@@ -45,10 +44,6 @@ class Clip:
         return f if isinstance(f, np.ndarray) else read_image(f)
 
 
-def image_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=natural_key)
-
-
 def reds_clips(root: Path, val_clips: tuple[str, ...] = REDS4) -> list[Clip]:
     """REDS train_sharp/<clip>/ with train_sharp_bicubic/X4/<clip>/ (or without X4), minus the validation clips."""
     hr_root = root / "train_sharp"
@@ -59,7 +54,7 @@ def reds_clips(root: Path, val_clips: tuple[str, ...] = REDS4) -> list[Clip]:
         raise InputError(f"REDS layout expected: {hr_root}/<clip>/%08d.png and {root / 'train_sharp_bicubic/X4'}/<clip>/%08d.png")
     clips = []
     for folder in sorted(p for p in hr_root.iterdir() if p.is_dir() and p.name not in val_clips):
-        hr, lr = image_files(folder), image_files(lr_root / folder.name) if (lr_root / folder.name).is_dir() else []
+        hr, lr = list_images(folder), list_images(lr_root / folder.name) if (lr_root / folder.name).is_dir() else []
         if len(hr) != len(lr):
             raise InputError(f"REDS clip {folder.name}: {len(hr)} HR frames but {len(lr)} LR frames in {lr_root / folder.name}")
         clips.append(Clip(folder.name, hr, lr))
@@ -112,7 +107,7 @@ def video_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
             source = open_source(path)
             clips.append(Clip(str(path.relative_to(root) if root.is_dir() else path.name), np.stack([f.rgb for f in source])))
         elif path.is_dir():
-            files = image_files(path)
+            files = list_images(path)
             if files:
                 clips.append(Clip(str(path.relative_to(root)) or path.name, files))
     if not clips:
