@@ -205,3 +205,16 @@ def test_ddp_step_matches_single_process(tmp_path):
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_init_from_and_freeze_except_fusion(tmp_path):
+    """The TSA recipe: start from a no-TSA model, train only the new fusion module for K iterations."""
+    base = train(tiny_cfg(tmp_path / "notsa", iters=1, with_tsa=False), log=lambda *a: None)
+    cfg = tiny_cfg(tmp_path / "tsa", iters=2, with_tsa=True, init_from=str(base), freeze_except="fusion", freeze_iters=2)
+    tsa = load_file(str(train(cfg, log=lambda *a: None)))
+    start = load_file(str(base))
+    for k, v in tsa.items():
+        if k.startswith("fusion."):
+            continue
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=f"{k} changed while frozen")
+    assert "fusion.temporal_attn1.weight" in tsa and "fusion.weight" in start
