@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,21 +179,46 @@ def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, i
 
 
 def run_range(upscaler: Upscaler, source: FrameSource, lo: int, hi: int) -> Iterator[tuple[Frame, np.ndarray]]:
-    """(source frame, SR uint8 HxWx3) for centres lo..hi-1, decoding only as far as the windows need."""
+    """(source frame, SR uint8 HxWx3) for centres lo..hi-1, decoding only as far as the windows need.
+
+    On CUDA each output is rounded to uint8 on the GPU and copied to pinned host memory without
+    blocking; a frame is handed to the writer only once the next batch has been launched, so the
+    GPU never waits for the encoder.
+    """
     meta: dict[int, Frame] = {}
 
     def tensors():
         for frame in source:
             meta[frame.index] = frame
-            yield torch.from_numpy(frame.rgb).permute(2, 0, 1)
+            yield torch.from_numpy(frame.rgb).pin_memory() if upscaler.device.type == "cuda" else torch.from_numpy(frame.rgb)
 
-    for k, sr in enumerate(upscaler.stream(tensors(), source.num_frames, lo, hi)):
+    pending: deque[tuple[Frame, torch.Tensor, torch.cuda.Event | None]] = deque()
+    for k, sr in enumerate(upscaler.stream((t.permute(2, 0, 1) for t in tensors()), source.num_frames, lo, hi)):
         frame = meta.pop(lo + k)
         for i in [i for i in meta if i < lo + k]:
             del meta[i]
-        yield frame, to_uint8(sr).cpu().numpy()
+        out = to_uint8(sr)
+        if out.is_cuda:
+            host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            pending.append((frame, host, event))
+        else:
+            pending.append((frame, out, None))
+        while len(pending) > (upscaler.batch if out.is_cuda else 0):
+            yield _ready(pending.popleft())
+    while pending:
+        yield _ready(pending.popleft())
     if upscaler.total_seen is not None and upscaler.total_seen < source.num_frames:
         source.truncated = True
+
+
+def _ready(item: tuple[Frame, torch.Tensor, "torch.cuda.Event | None"]) -> tuple[Frame, np.ndarray]:
+    frame, host, event = item
+    if event is not None:
+        event.synchronize()
+    return frame, host.numpy()
 
 
 def spill_and_gather(frames, dst: str, rank: int, world: int, progress, sink) -> int:
