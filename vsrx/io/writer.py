@@ -64,7 +64,28 @@ class _AtomicTarget:
         _remove(self.temp)
 
 
-class VideoSink:
+class _Sink:
+    """Context-manager protocol of the sinks: close on success, abort on any exception (Ctrl-C too)."""
+
+    def close(self) -> list[str]:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoSink(_Sink):
     """Encodes RGB frames into a video file, carrying over timestamps, colour tags, pixel aspect ratio,
     and the source's audio/subtitle streams (remuxed unchanged; `audio`/`subtitles`=False drops them).
 
@@ -200,17 +221,6 @@ class VideoSink:
         self._close_side()
         self._target.discard()
 
-    def __enter__(self) -> VideoSink:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
     def _start(self, width: int, height: int) -> None:
         """Create the video stream for the first frame's size and the copied audio/subtitle streams."""
         fmt = av.VideoFormat(self._pix_fmt)
@@ -316,7 +326,7 @@ class VideoSink:
         return pad
 
 
-class FrameFolderSink:
+class FrameFolderSink(_Sink):
     """Writes frames as PNG files 00000000.png, 00000001.png, ... (in write order) into a folder."""
 
     def __init__(self, path: str | Path, source: FrameSource, *, overwrite: bool = False) -> None:
@@ -372,17 +382,6 @@ class FrameFolderSink:
         with contextlib.suppress(av.FFmpegError):
             self._finish_container()
         self._target.discard()
-
-    def __enter__(self) -> FrameFolderSink:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def _start(self, width: int, height: int) -> None:
         """Open the PNG image-sequence muxer for frames of the given size."""
