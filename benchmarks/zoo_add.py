@@ -14,12 +14,12 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from vsrx.evaluate.datasets import open_dataset
 from vsrx.evaluate.runner import evaluate
 from vsrx.models import load_model, zoo
+from vsrx.models.spynet import SpyNet
 from vsrx.pipeline import model_rows
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a `vsrx train --out` directory (or a .safetensors file)")
     p.add_argument("--name", required=True)
-    p.add_argument("--family", required=True)
+    p.add_argument("--family", default="", help="EDVR family name, e.g. edvr-s (a name --model accepts with --align)")
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--default", action="store_true", help="make this the default model of `vsrx upscale`")
     p.add_argument("--hardware", default="")
@@ -57,19 +57,24 @@ def main() -> None:
     args = p.parse_args()
     weights = args.run if args.run.is_file() else args.run / "model.safetensors"
     model = load_model(weights)
-    cfg = model.config
-    recipe = {}
-    if args.run.is_dir():
-        train_cfg = json.loads((args.run / "config.json").read_text())
-        log = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
-        steps = max((e["step"] for e in log), default=0)
-        recipe = {k: train_cfg[k] for k in ("dataset", "exclude", "synthetic_fraction", "iters", "restarts", "batch", "patch",
-                                            "lr", "offset_fidelity", "fidelity_threshold", "flow", "seed")}
-        recipe |= {"data": "bigbuckbunny.mp4, carphone_pristine.mp4, vimeo90k_sample/sequences/00001 (+ synthetic motion over their frames)",
-                   "trained_steps": steps, "hardware": args.hardware, "wall_time": args.wall_time,
-                   "max_mean_abs_offset": max((max(e["offset_mean"].values()) for e in log if "offset_mean" in e), default=None)}
-    t0 = time.perf_counter()
-    metrics = held_out_scores(weights, args.data)
+    log = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()] if args.run.is_dir() else []
+    train_cfg = json.loads((args.run / "config.json").read_text()) if args.run.is_dir() else {}
+    recipe = {"hardware": args.hardware, "wall_time": args.wall_time,
+              "trained_steps": max((e["step"] for e in log), default=0)}
+    if isinstance(model, SpyNet):
+        recipe |= {k: train_cfg.get(k) for k in ("dataset", "iters", "batch", "patch", "lr", "max_motion", "seed")}
+        val = [e["val"] for e in log if "val" in e]
+        metrics = {"synthetic_val": {"epe": val[-1]["epe"], "zero_flow_epe": val[-1]["zero_epe"]}} if val else {}
+        entry = {"arch": "spynet"}
+    else:
+        recipe |= {k: train_cfg.get(k) for k in ("dataset", "exclude", "synthetic_fraction", "iters", "restarts", "batch",
+                                                 "patch", "lr", "offset_fidelity", "fidelity_threshold", "flow", "seed")}
+        recipe["data"] = "bigbuckbunny.mp4, carphone_pristine.mp4, vimeo90k_sample/sequences/00001 (+ synthetic motion over their frames)"
+        recipe["max_mean_abs_offset"] = max((max(e["offset_mean"].values()) for e in log if "offset_mean" in e), default=None)
+        cfg = model.config
+        metrics = held_out_scores(weights, args.data)
+        entry = {"family": args.family, "arch": "edvr", "align": cfg.align, "offsets": cfg.offsets, "groups": cfg.groups,
+                 "frames": cfg.num_frame, "config": json.loads(cfg.to_json())}
     digest = zoo.sha256(weights)
     filename = f"{args.name}-{digest[:8]}.safetensors"
     zoo.WEIGHTS_DIR.mkdir(exist_ok=True)
@@ -80,15 +85,13 @@ def main() -> None:
     if old and old["file"] != filename:
         (zoo.WEIGHTS_DIR / old["file"]).unlink(missing_ok=True)
     manifest["models"][args.name] = {
-        "file": filename, "sha256": digest, "family": args.family, "arch": "edvr", "align": cfg.align,
-        "offsets": cfg.offsets, "groups": cfg.groups, "frames": cfg.num_frame, "config": json.loads(cfg.to_json()),
-        "params": sum(p.numel() for p in model.parameters()), "file_size": (zoo.WEIGHTS_DIR / filename).stat().st_size,
-        "recipe": recipe, "metrics": metrics, "notes": args.notes,
+        "file": filename, "sha256": digest, **entry, "params": sum(p.numel() for p in model.parameters()),
+        "file_size": (zoo.WEIGHTS_DIR / filename).stat().st_size, "recipe": recipe, "metrics": metrics, "notes": args.notes,
     }
     if args.default:
         manifest["default"] = args.name
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"registered {args.name} -> weights/{filename} ({time.perf_counter() - t0:.0f} s)")
+    print(f"registered {args.name} -> weights/{filename}")
 
 
 if __name__ == "__main__":

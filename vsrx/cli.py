@@ -165,16 +165,35 @@ def upscale(src: str, dst: str, as_frames: bool, encoder_options: tuple[str, ...
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(0), help="Data-loading processes (default: 0 on CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank).")
-def train(resume: bool, **options) -> None:
-    """Train an EDVR model (the paper's recipe by default), resumable, DDP under torchrun."""
-    from vsrx.train.trainer import TrainConfig, train as run_training
-
+@click.option("--task", type=click.Choice(["sr", "flow"]), default="sr", show_default=True, help="sr: an EDVR model; flow: SPyNet on synthetic motion with exact flow.")
+@click.option("--max-motion", type=float, help="flow task: camera speed bound in pixels per frame (default 8).")
+@click.pass_context
+def train(ctx: click.Context, resume: bool, task: str, max_motion: float | None, **options) -> None:
+    """Train an EDVR model (the paper's recipe by default) or SPyNet (--task flow); resumable, DDP under torchrun."""
+    log = lambda msg: err_console.log(msg, highlight=False)  # noqa: E731
     options["exclude"] = tuple(options["exclude"])
     options["val"] = tuple(options["val"])
+    given = {k for k in options if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    if task == "flow":
+        from vsrx.train.flow import FlowTrainConfig, train_flow
+
+        shared = {"dataset", "root", "exclude", "out", "init_from", "iters", "batch", "patch", "lr", "restarts",
+                  "grad_clip", "val_every", "log_every", "save_every", "seed", "workers", "device"}
+        unused = sorted(given - shared)
+        if unused:
+            raise UsageError(f"--task flow does not use --{unused[0].replace('_', '-')}")
+        flow_options = {k: options[k] for k in given} | ({"max_motion": max_motion} if max_motion else {})
+        if "out" not in given:
+            flow_options["out"] = "runs/spynet"
+        click.echo(f"weights: {train_flow(FlowTrainConfig(**flow_options), resume=resume, log=log)}")
+        return
+    if max_motion is not None:
+        raise UsageError("--max-motion is for --task flow")
+    from vsrx.train.trainer import TrainConfig, train as run_training
+
     if options["frames"] % 2 == 0:
         raise UsageError(f"--frames must be odd, got {options['frames']}")
-    cfg = TrainConfig(**options)
-    path = run_training(cfg, resume=resume, log=lambda msg: err_console.log(msg, highlight=False))
+    path = run_training(TrainConfig(**options), resume=resume, log=log)
     click.echo(f"weights: {path}")
 
 
@@ -284,7 +303,7 @@ def models(as_json: bool) -> None:
         table.add_row(label, zoo.mode_of(e) if "align" in e else e.get("arch", "-"), str(e.get("offsets", "-")),
                       str(e.get("groups", "-")), str(e.get("frames", "-")), f"{e['params']:,}", gain("vimeo90k_00002"),
                       gain("bikes"), "present" if present else "MISSING")
-    Console(highlight=False).print(table)
+    Console(highlight=False, width=max(Console().width, 120)).print(table)
 
 
 def csv_list(kind):

@@ -21,7 +21,6 @@ Run directory (``out``): ``config.json``, ``model.safetensors`` (deploy weights,
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -427,27 +426,3 @@ def _validate(model: SpyNet, val: list[FlowPair], step: int, out: Path, log) -> 
     speeds = ", ".join(f"{k} px: {v['epe']:.3f} ({v['zero_epe']:.3f})" for k, v in scores["by_speed"].items())
     log(f"step {step} validation: EPE {scores['epe']:.3f} px (zero flow {scores['zero_epe']:.3f}); by speed {speeds}")
     return scores
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m vsrx.train.flow --out runs/spynet --iters 20000 ...`` (every FlowTrainConfig field is a flag)."""
-    parser = argparse.ArgumentParser(description="Train SPyNet on synthetic flow pairs.")
-    parser.add_argument("--resume", action="store_true")
-    for f in dataclasses.fields(FlowTrainConfig):
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, tuple):
-            kind = float if default and isinstance(default[0], float) else (int if default else str)
-            parser.add_argument(flag, type=kind, nargs="*", default=default)
-        elif default is None:
-            parser.add_argument(flag, type=float if f.name == "grad_clip" else (int if f.name == "workers" else str))
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    args = vars(parser.parse_args(argv))
-    resume = args.pop("resume")
-    cfg = FlowTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
-    print(f"weights: {train_flow(cfg, resume=resume)}")
-
-
-if __name__ == "__main__":
-    main()
