@@ -100,6 +100,8 @@ def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype
     from vsrx.models import zoo
 
     name = opts.model or zoo.default_name()
+    if opts.model is None and (opts.align or opts.offsets):  # pick the asked variant of the default model's family
+        name = zoo.manifest()["models"][name].get("family") or name
     model = load_model(name, opts.align, opts.offsets, device=device)
     if not isinstance(model, EDVR):
         raise UsageError(f"{name} is not a super-resolution model")

@@ -1,0 +1,78 @@
+"""The model zoo: names and families, sha256 checks, `vsrx models`, default model resolution."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vsrx.cli import main
+from vsrx.errors import ModelError
+from vsrx.models import EDVR, EDVRConfig, load_model, save_model, zoo
+
+
+def tiny(align, offsets, groups=2):
+    torch.manual_seed(0)
+    return EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=groups, num_extract_block=1, num_reconstruct_block=1,
+                           with_tsa=False, align=align, offsets=offsets))
+
+
+@pytest.fixture
+def fake_zoo(tmp_path, monkeypatch):
+    models = {}
+    for name, align, offsets, groups in (("t-decomp5", "decomp", 5, 2), ("t-dcn", "dcn", 9, 2), ("t-flow", "flow", 1, 1)):
+        path = save_model(tiny(align, offsets, groups), tmp_path / f"{name}.safetensors")
+        models[name] = {"file": path.name, "sha256": zoo.sha256(path), "family": "tiny", "arch": "edvr", "align": align,
+                        "offsets": offsets, "groups": groups, "frames": 3, "params": 1,
+                        "metrics": {"vimeo90k_00002": {"psnr_y": 31.5, "bicubic_psnr_y": 30.0}}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"default": "t-decomp5", "models": models}))
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
+    zoo.manifest.cache_clear()
+    yield tmp_path
+    zoo.manifest.cache_clear()
+
+
+def test_names_families_and_modes(fake_zoo):
+    assert load_model("t-flow").config.mode_name == "flow"
+    assert load_model("tiny").config.mode_name == "decomp-5"  # a family defaults to its decomp variant
+    assert load_model("tiny", align="flow").config.mode_name == "flow"
+    assert load_model("tiny", align="decomp", offsets=9).config.mode_name == "decomp-9"  # the dcn model, converted
+    with pytest.raises(ModelError, match="no decomp-3 variant; available: --align decomp --offsets 5, --align dcn, --align flow"):
+        load_model("tiny", align="decomp", offsets=3)
+    with pytest.raises(ModelError, match="unknown model 'nope'|no weights file or zoo model named 'nope'"):
+        load_model("nope")
+    assert zoo.default_name() == "t-decomp5"
+
+
+def test_corrupt_and_missing_files_are_refused(fake_zoo):
+    path = fake_zoo / "t-dcn.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model("t-dcn")
+    (fake_zoo / "t-flow.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_model("t-flow")
+
+
+def test_models_command_table_and_json(fake_zoo):
+    (fake_zoo / "t-flow.safetensors").unlink()
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "t-decomp5 (default)" in result.output and "+1.50 dB" in result.output and "MISSING" in result.output
+    data = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
+    assert data["default"] == "t-decomp5" and data["models"]["t-flow"]["present"] is False
+    assert data["models"]["t-dcn"]["present"] is True
+
+
+def test_upscale_uses_the_default_model(fake_zoo, tmp_path):
+    from clips import make_frame_folder
+
+    src = make_frame_folder(tmp_path / "in", frames=3, size=(12, 8))
+    result = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["model"] == "t-decomp5" and summary["mode"] == "decomp-5" and summary["frames"] == 3
+    result = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "out2"), "--align", "flow", "--json"])
+    assert json.loads(result.output)["mode"] == "flow"
