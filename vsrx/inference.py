@@ -19,7 +19,7 @@ from torch import Tensor
 
 from vsrx.errors import VsrxError
 from vsrx.io.windows import frame_indices
-from vsrx.models.edvr import EDVR, Pyramid
+from vsrx.models.edvr import EDVR
 
 MIN_TILE = 32
 
@@ -101,7 +101,7 @@ class Upscaler:
         end = total if end is None else end
         it = enumerate(frames)
         raw: dict[int, Tensor] = {}  # padded LR frames still needed
-        pyramids: dict[tuple[int, int], Pyramid] = {}  # (frame, tile) -> features
+        pyramids: dict[tuple[int, int], tuple[Tensor, ...]] = {}  # (frame, tile) -> per-frame features
         first = min(min(self.windows(c, total)) for c in range(start, min(start + self.num_frame, end)))
         decoded, centre = 0, start
         while centre < end:
@@ -166,10 +166,11 @@ class Upscaler:
             chunk = self.batch * self.num_frame
             for s in range(0, len(todo), chunk):
                 ids = todo[s : s + chunk]
-                feats = self.model.extract(torch.stack([raw[i][:, top:bottom, left:right] for i in ids]))
+                feats = self.model.extract(torch.stack([raw[i][:, top:bottom, left:right] for i in ids]), with_terms=True)
                 for k, i in enumerate(ids):
                     pyramids[(i, t)] = tuple(level[k] for level in feats)
-            pyramid = tuple(torch.stack([torch.stack([pyramids[(i, t)][lv] for i in win]) for win in wins]) for lv in range(3))
+            parts = len(pyramids[(wins[0][0], t)])
+            pyramid = tuple(torch.stack([torch.stack([pyramids[(i, t)][lv] for i in win]) for win in wins]) for lv in range(parts))
             c = self.model.config.center
             centre = torch.stack([raw[win[c]][:, top:bottom, left:right] for win in wins])
             sr = self.model.reconstruct_window(pyramid, centre)

@@ -128,12 +128,40 @@ class PCDAlignment(nn.Module):
         self.cas_offset_conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.cas_dcnpack = Aligner(num_feat, num_feat, num_feat, groups, offsets, mode)
 
-    def forward(self, nbr: Pyramid, ref: Pyramid) -> Tensor:
-        """nbr, ref: (l1, l2, l3) features of the same batch shape; returns aligned l1 features."""
+    @staticmethod
+    def half_conv(conv: nn.Conv2d, x: Tensor, second: bool) -> Tensor:
+        """What one half of a conv's concatenated input contributes (the bias goes with the first half).
+
+        conv(cat(a, b)) == half_conv(conv, a, False) + half_conv(conv, b, True).
+        """
+        nf = x.shape[1]
+        weight = conv.weight[:, nf:] if second else conv.weight[:, :nf]
+        return F.conv2d(x, weight, None if second else conv.bias, padding=1)
+
+    def neighbour_terms(self, pyramid: Pyramid) -> Pyramid:
+        """A frame's share of offset_conv1 at l1, l2, l3: depends on that frame alone, so it is cached with it."""
+        return tuple(self.half_conv(self.offset_conv1[f"l{i}"], pyramid[i - 1], False) for i in (1, 2, 3))
+
+    def reference_terms(self, ref: Pyramid) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The centre frame's share of offset_conv1 (l1, l2, l3) and of cas_offset_conv1: once per window, not T times."""
+        terms = tuple(self.half_conv(self.offset_conv1[f"l{i}"], ref[i - 1], True) for i in (1, 2, 3))
+        return (*terms, self.half_conv(self.cas_offset_conv1, ref[0], True))
+
+    def forward(self, nbr: Pyramid, ref: Pyramid | None, terms: tuple[Pyramid, tuple[Tensor, ...]] | None = None) -> Tensor:
+        """Aligned l1 features of nbr (l1, l2, l3) to ref (the same batch shape).
+
+        With ``terms`` = (neighbour_terms of nbr, reference_terms of the B reference frames), the
+        first offset convolutions are assembled from those shares instead (nbr's batch is B*T,
+        the references' B) and ``ref`` is not needed: the same function with less work.
+        """
         up_offset = up_feat = None
         for i in (3, 2, 1):
             level = f"l{i}"
-            offset = lrelu(self.offset_conv1[level](torch.cat([nbr[i - 1], ref[i - 1]], dim=1)))
+            if terms is None:
+                offset = self.offset_conv1[level](torch.cat([nbr[i - 1], ref[i - 1]], dim=1))
+            else:
+                offset = self._plus_reference(terms[0][i - 1], terms[1][i - 1])
+            offset = lrelu(offset)
             if i == 3:
                 offset = lrelu(self.offset_conv2[level](offset))
             else:
@@ -146,9 +174,17 @@ class PCDAlignment(nn.Module):
                 feat = lrelu(feat)
                 # Offset features move to the finer level: twice the resolution, twice the magnitude.
                 up_offset, up_feat = upsample2(offset) * 2, upsample2(feat)
-        offset = lrelu(self.cas_offset_conv1(torch.cat([feat, ref[0]], dim=1)))
-        offset = lrelu(self.cas_offset_conv2(offset))
+        if terms is None:
+            offset = self.cas_offset_conv1(torch.cat([feat, ref[0]], dim=1))
+        else:
+            offset = self._plus_reference(self.half_conv(self.cas_offset_conv1, feat, False), terms[1][3])
+        offset = lrelu(self.cas_offset_conv2(lrelu(offset)))
         return lrelu(self.cas_dcnpack(feat, offset))
+
+    @staticmethod
+    def _plus_reference(x: Tensor, ref: Tensor) -> Tensor:
+        """x (B*T, C, h, w) plus its window's reference term (B, C, h, w), broadcast over T."""
+        return (x.reshape(ref.shape[0], -1, *x.shape[1:]) + ref.unsqueeze(1)).flatten(0, 1)
 
 
 class TSAFusion(nn.Module):
@@ -227,21 +263,27 @@ class EDVR(nn.Module):
         """The model's aligners by qualified name (pcd_align.dcn_pack.l3 ... pcd_align.cas_dcnpack)."""
         return {name: m for name, m in self.named_modules() if isinstance(m, Aligner)}
 
-    def extract(self, frames: Tensor) -> Pyramid:
-        """Feature pyramid (l1, l2, l3) of independent frames (N, 3, H, W); cacheable per frame."""
+    def extract(self, frames: Tensor, with_terms: bool = False) -> tuple[Tensor, ...]:
+        """Per-frame features of independent frames (N, 3, H, W): the pyramid (l1, l2, l3), and with
+        ``with_terms`` also each frame's share of PCD's first offset convolutions. Cacheable per frame."""
         l1 = self.feature_extraction(lrelu(self.conv_first(frames)))
         l2 = lrelu(self.conv_l2_2(lrelu(self.conv_l2_1(l1))))
         l3 = lrelu(self.conv_l3_2(lrelu(self.conv_l3_1(l2))))
-        return l1, l2, l3
+        return (l1, l2, l3, *self.pcd_align.neighbour_terms((l1, l2, l3))) if with_terms else (l1, l2, l3)
 
-    def reconstruct_window(self, pyramid: Pyramid, center_frame: Tensor) -> Tensor:
-        """Align, fuse and upsample one window: pyramid levels (B, T, C, h, w), centre (B, 3, H, W)."""
-        b, t = pyramid[0].shape[:2]
+    def reconstruct_window(self, features: tuple[Tensor, ...], center_frame: Tensor) -> Tensor:
+        """Align, fuse and upsample one window of per-frame features (each (B, T, C, h, w), as `extract`
+        gives them, with or without terms) and its centre frame (B, 3, H, W)."""
+        b, t = features[0].shape[:2]
         c = self.config.center
         # All T frames (the centre too) are aligned to the centre in one batched PCD call.
-        nbr = tuple(level.flatten(0, 1) for level in pyramid)
-        ref = tuple(level[:, c : c + 1].expand_as(level).flatten(0, 1) for level in pyramid)
-        aligned = self.pcd_align(nbr, ref)
+        nbr = tuple(level.flatten(0, 1) for level in features[:3])
+        if len(features) == 6:
+            ref_terms = self.pcd_align.reference_terms(tuple(level[:, c] for level in features[:3]))
+            aligned = self.pcd_align(nbr, None, (tuple(x.flatten(0, 1) for x in features[3:]), ref_terms))
+        else:
+            ref = tuple(level[:, c : c + 1].expand_as(level).flatten(0, 1) for level in features)
+            aligned = self.pcd_align(nbr, ref)
         aligned = aligned.view(b, t, *aligned.shape[1:])
         feat = self.fusion(aligned if self.config.with_tsa else aligned.flatten(1, 2))
         out = self.reconstruction(feat)
