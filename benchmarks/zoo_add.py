@@ -20,6 +20,7 @@ from vsrx.evaluate.datasets import open_dataset
 from vsrx.evaluate.runner import evaluate
 from vsrx.models import load_model, zoo
 from vsrx.models.spynet import SpyNet
+from vsrx.models.weights import read_metadata
 from vsrx.pipeline import model_rows
 
 
@@ -59,8 +60,9 @@ def main() -> None:
     model = load_model(weights)
     log = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()] if args.run.is_dir() else []
     train_cfg = json.loads((args.run / "config.json").read_text()) if args.run.is_dir() else {}
-    recipe = {"hardware": args.hardware, "wall_time": args.wall_time,
-              "trained_steps": max((e["step"] for e in log), default=0)}
+    steps = int(read_metadata(weights).get("vsrx.step", max((e["step"] for e in log), default=0)))
+    log = [e for e in log if e["step"] <= steps]
+    recipe = {"hardware": args.hardware, "wall_time": args.wall_time, "trained_steps": steps}
     if isinstance(model, SpyNet):
         recipe |= {k: train_cfg.get(k) for k in ("dataset", "iters", "batch", "patch", "lr", "max_motion", "seed")}
         val = [e["val"] for e in log if "val" in e]
