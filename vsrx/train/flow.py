@@ -35,22 +35,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vsrx.errors import InputError, ModelError, UsageError
 from vsrx.models import load_model, save_model
 from vsrx.models.spynet import NUM_LEVELS, SpyNet
 from vsrx.models.weights import atomic_write
-from vsrx.train.data import Clip, default_workers, load_clips
+from vsrx.train.data import Clip, load_clips
 from vsrx.train.synthetic import make_synthetic_clip, procedural_texture
 from vsrx.train.trainer import (
     Run,
-    StepSampler,
     append_jsonl,
     checkpoints,
     cosine_restart_lr,
     load_checkpoint,
     save_checkpoint,
+    step_loader,
 )
 
 VAL_KEY = 0x5F10_7FA1  # first entropy word of the validation seed stream (training uses [seed, index])
@@ -370,15 +370,7 @@ def _train_flow(cfg: FlowTrainConfig, run: Run, out: Path, resume: bool, log) ->
             val_stills = load_clips("videos", Path(cfg.val_root)) if cfg.val_root else []
             val = validation_pairs(cfg.val_pairs, tuple(cfg.val_size), cfg.val_motion, val_stills)
     net: nn.Module = DistributedDataParallel(model) if run.world > 1 else model
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    loader = DataLoader(
-        data,
-        batch_size=cfg.batch // run.world,
-        sampler=StepSampler(start, cfg.iters, cfg.batch, run.rank, run.world),
-        num_workers=workers,
-        pin_memory=run.device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
+    loader = step_loader(data, cfg, run, start)
     log(f"training SPyNet ({sum(p.numel() for p in model.parameters()):,} params) on "
         f"{len(stills) or 'procedural'} {'still sources' if stills else 'textures'}, {cfg.patch}x{cfg.patch} pairs, "
         f"batch {cfg.batch}, motion up to {cfg.max_motion:g} px, {run.world} process(es) on {run.device}, steps {start}..{cfg.iters}")

@@ -195,6 +195,19 @@ class StepSampler(torch.utils.data.Sampler):
         return (self.iters - self.start) * (self.global_batch // self.world)
 
 
+def step_loader(dataset: torch.utils.data.Dataset, cfg, run: Run, start: int) -> DataLoader:
+    """This rank's batches for steps start..cfg.iters (cfg: any config with batch, iters, workers)."""
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch // run.world,
+        sampler=StepSampler(start, cfg.iters, cfg.batch, run.rank, run.world),
+        num_workers=workers,
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else None
@@ -231,15 +244,7 @@ def _train(cfg: TrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
     if cfg.offset_fidelity and flow_source == "spynet":
         spynet = load_model(cfg.spynet or "spynet", device=run.device).requires_grad_(False)
     net: nn.Module = DistributedDataParallel(model) if run.world > 1 else model
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch // run.world,
-        sampler=StepSampler(start, cfg.iters, cfg.batch, run.rank, run.world),
-        num_workers=workers,
-        pin_memory=run.device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
+    loader = step_loader(dataset, cfg, run, start)
     amp = autocast_dtype(cfg.precision, run.device)
     scaler = torch.amp.GradScaler(run.device.type, enabled=amp == torch.float16)
     aligners = model.aligners()
