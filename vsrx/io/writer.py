@@ -73,6 +73,11 @@ class _Sink:
     def abort(self) -> None:
         raise NotImplementedError
 
+    @property
+    def path(self) -> Path:
+        """The final output path (file or folder)."""
+        return self._target.path
+
     def __enter__(self):
         return self
 
@@ -158,15 +163,9 @@ class VideoSink(_Sink):
             self.abort()
             raise
 
-    @property
-    def path(self) -> Path:
-        """The final output path."""
-        return self._target.path
-
     def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
         """Encode one uint8 HxWx3 frame at `pts` (source time base; None: one frame after the last)."""
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected a uint8 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
+        _check_frame(rgb)
         if self._stream is None:
             self._start(rgb.shape[1], rgb.shape[0])
         if self._pad is not None:
@@ -337,15 +336,9 @@ class FrameFolderSink(_Sink):
         self._count = 0
         self._closed = False
 
-    @property
-    def path(self) -> Path:
-        """The final output folder."""
-        return self._target.path
-
     def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
         """Write one uint8 HxWx3 frame as the next PNG; timestamps are not stored."""
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected a uint8 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
+        _check_frame(rgb)
         if self._stream is None:
             self._start(rgb.shape[1], rgb.shape[0])
         if (rgb.shape[1], rgb.shape[0]) != (self._stream.width, self._stream.height):
@@ -397,6 +390,11 @@ class FrameFolderSink(_Sink):
             if self._stream is not None and self._stream.codec_context.is_open:
                 out.mux(self._stream.encode(None))
             out.close()
+
+
+def _check_frame(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected a uint8 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
 
 
 def open_sink(
