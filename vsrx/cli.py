@@ -321,6 +321,7 @@ def csv_list(kind):
 @click.option("--modes", default="dcn,decomp-5,decomp-9,flow", show_default=True, callback=csv_list(str), help="Alignment modes (dcn, flow, decomp-N).")
 @click.option("--precision", "precisions", default="fp32", show_default=True, callback=csv_list(str), help="Comma list of fp32, fp16, bf16.")
 @click.option("--batch", "batches", default="1", show_default=True, callback=csv_list(int), help="Comma list of batch sizes.")
+@click.option("--cache", "caches", default="on", show_default=True, callback=csv_list(str), help="Feature cache on, off or on,off.")
 @click.option("--size", default="180x320", show_default=True, help="LR frame size HxW (output is 4x).")
 @click.option("--frames", type=click.IntRange(1), default=8, show_default=True, help="Frames timed per configuration.")
 @click.option("--num-frame", type=click.IntRange(1), default=7, show_default=True, help="Window length T.")
@@ -328,7 +329,7 @@ def csv_list(kind):
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
 @click.option("--end-to-end", is_flag=True, help="Also time decode + model + encode of a generated clip.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write machine, command and raw numbers here.")
-def bench(preset, modes, precisions, batches, size, frames, num_frame, device, threads, end_to_end, json_path) -> None:
+def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, device, threads, end_to_end, json_path) -> None:
     """Speed and memory per mode, precision and batch, next to a naive reference (per-window features, torchvision DCN, fp32, batch 1)."""
     import json
 
@@ -340,8 +341,10 @@ def bench(preset, modes, precisions, batches, size, frames, num_frame, device, t
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise UsageError(f"--size expects HxW, got {size!r}") from None
-    cases = [Case(mode=m, precision=p, batch=b, end_to_end=e2e) for e2e in ([False, True] if end_to_end else [False])
-             for m in modes for p in precisions for b in batches]
+    if not set(caches) <= {"on", "off"}:
+        raise UsageError(f"--cache takes on, off or on,off, got {','.join(caches)}")
+    cases = [Case(mode=m, precision=p, batch=b, cache=c == "on", end_to_end=e2e)
+             for e2e in ([False, True] if end_to_end else [False]) for m in modes for c in caches for p in precisions for b in batches]
     table = Table(title=f"vsrx bench: {preset}, {h}x{w} -> {4 * h}x{4 * w}, T={num_frame}")
     for col in ("run", "mode", "cache", "precision", "batch", "ms/frame", "fps", "x ref", "host MB", "GPU MB"):
         table.add_column(col, justify="left" if col in ("run", "mode") else "right", no_wrap=True)
