@@ -218,3 +218,10 @@ def test_init_from_and_freeze_except_fusion(tmp_path):
             continue
         torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=f"{k} changed while frozen")
     assert "fusion.temporal_attn1.weight" in tsa and "fusion.weight" in start
+
+
+def test_resume_keeps_the_checkpoint_form(tmp_path):
+    """A dcn run checkpointed in its decomp-9 training form resumes in that form whatever --dcn-impl says."""
+    train(tiny_cfg(tmp_path, align="dcn", offsets=None, iters=2, dcn_impl="decomp"), log=lambda *a: None)
+    weights = train(tiny_cfg(tmp_path, align="dcn", offsets=None, iters=3, dcn_impl="torchvision"), resume=True, log=lambda *a: None)
+    assert load_model(weights).config.align == "dcn"

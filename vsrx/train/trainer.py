@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader
 
 from vsrx.errors import InputError, UsageError
 from vsrx.models import EDVR, build_model, convert_alignment, load_model, save_model
-from vsrx.models.weights import _load_strict, atomic_write
+from vsrx.models.edvr import EDVRConfig
+from vsrx.models.weights import CONFIG_KEY, _load_strict, atomic_write, read_metadata
 from vsrx.train.data import WindowPatches, default_workers, load_clips
 from vsrx.train.losses import charbonnier, offset_fidelity
 
@@ -129,9 +130,15 @@ def make_model(cfg: TrainConfig) -> EDVR:
     return model
 
 
-def train_form(model: EDVR, cfg: TrainConfig, device: torch.device) -> EDVR:
-    """dcn models train through the exact decomp-9 form where that is faster (CPU), and are saved as dcn."""
+def train_form(model: EDVR, cfg: TrainConfig, device: torch.device, resume_from: Path | None = None) -> EDVR:
+    """dcn models train through the exact decomp-9 form where that is faster (CPU), and are saved as dcn.
+
+    A resumed run keeps the form its checkpoint was written in (its optimizer state has those shapes).
+    """
     impl = cfg.dcn_impl if cfg.dcn_impl != "auto" else ("decomp" if device.type == "cpu" else "torchvision")
+    if resume_from is not None:
+        saved = EDVRConfig.from_json(read_metadata(resume_from / "model.safetensors")[CONFIG_KEY])
+        impl = "decomp" if saved.align == "decomp" else "torchvision"
     if model.config.align == "dcn" and impl == "decomp":
         return convert_alignment(model, "decomp", 9)
     return model
@@ -234,7 +241,10 @@ def _train(cfg: TrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
     if cfg.offset_fidelity and flow_source == "gt" and not synthetic:
         raise UsageError("ground-truth flow exists only for synthetic motion; use --synthetic-fraction or --flow spynet")
     dataset = WindowPatches(clips, cfg.frames, cfg.patch, synthetic=synthetic, temporal_reverse=cfg.temporal_reverse, seed=cfg.seed)
-    model = train_form(make_model(cfg), cfg, run.device).to(run.device)
+    found = checkpoints(out) if resume else []
+    if resume and not found:
+        raise InputError(f"--resume: no complete checkpoint under {out / 'ckpt'}")
+    model = train_form(make_model(cfg), cfg, run.device, found[-1] if found else None).to(run.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     start = load_checkpoint(out, model, optimizer) if resume else 0
     if run.main:
@@ -249,7 +259,8 @@ def _train(cfg: TrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
     scaler = torch.amp.GradScaler(run.device.type, enabled=amp == torch.float16)
     aligners = model.aligners()
     frozen = [p for n, p in model.named_parameters() if cfg.freeze_except and not n.startswith(cfg.freeze_except)]
-    log(f"training {model.config.mode_name} {cfg.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
+    form = "" if model.config.align == cfg.align else f" (as its exact {model.config.mode_name} form)"
+    log(f"training {deploy_form(model, cfg).config.mode_name}{form} {cfg.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
         f"on {len(clips) or 'procedural'} {cfg.dataset} clips, {run.world} process(es) on {run.device}, steps {start}..{cfg.iters}")
     board = tensorboard(out) if run.main else None
     t0, seen = time.perf_counter(), 0
