@@ -260,7 +260,7 @@ def _train(cfg: TrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
     aligners = model.aligners()
     frozen = [p for n, p in model.named_parameters() if cfg.freeze_except and not n.startswith(cfg.freeze_except)]
     form = "" if model.config.align == cfg.align else f" (as its exact {model.config.mode_name} form)"
-    log(f"training {deploy_form(model, cfg).config.mode_name}{form} {cfg.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
+    log(f"training {'dcn' if cfg.align == 'dcn' else model.config.mode_name}{form} {cfg.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
         f"on {len(clips) or 'procedural'} {cfg.dataset} clips, {run.world} process(es) on {run.device}, steps {start}..{cfg.iters}")
     board = tensorboard(out) if run.main else None
     t0, seen = time.perf_counter(), 0
