@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,6 @@ class TrainConfig:
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
 
 
 def cosine_restart_lr(step: int, cfg: TrainConfig) -> float:
