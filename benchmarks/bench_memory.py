@@ -23,7 +23,9 @@ def child(frames: int, h: int, w: int) -> dict:
     from vsrx.bench import make_clip
     from vsrx.models import EDVR, EDVRConfig, save_model
     from vsrx.pipeline import UpscaleOptions, upscale
+    from vsrx.runtime import keep_freed_memory
 
+    keep_freed_memory()  # as the command line does: freed memory stays in the heap, so growth would show
     tmp = Path(tempfile.mkdtemp())
     make_clip(tmp / "in.mp4", frames, h, w)
     model = EDVR(EDVRConfig(num_feat=16, num_frame=7, groups=2, num_extract_block=1, num_reconstruct_block=2,

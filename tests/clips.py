@@ -192,3 +192,51 @@ def write_image(path: str | Path, rgb: np.ndarray) -> Path:
         out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+def deep_pattern(index: int, size: tuple[int, int], gray: bool = True) -> np.ndarray:
+    """Fine 16-bit gradients (uint16 HxWx3) with far more than 256 levels, shifted by frame `index`.
+
+    `gray`: one raster-order ramp in all three channels (survives YUV round trips exactly);
+    else a different ramp per channel.
+    """
+    width, height = size
+    n = width * height
+    ramp = (np.arange(n, dtype=np.int64).reshape(height, width) * 60000 // n + 2000 + 97 * index) % 65536
+    if gray:
+        return np.repeat(ramp[..., None], 3, axis=2).astype(np.uint16)
+    channels = [ramp, ramp[::-1, ::-1], (ramp * 7 + 12345) % 65536]
+    return np.stack(channels, axis=2).astype(np.uint16)
+
+
+def make_deep_clip(
+    path: str | Path, frames: int = 6, size: tuple[int, int] = (32, 24), pix_fmt: str = "yuv420p10le"
+) -> Path:
+    """Write a lossless (qp 0) libx264 clip of `deep_pattern` gray ramps in a 10-bit `pix_fmt`."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = *size, pix_fmt
+        video.codec_context.options = {"preset": "ultrafast", "qp": "0"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(deep_pattern(i, size), format="rgb48le").reformat(
+                format=pix_fmt, src_color_range=2, dst_color_range=1
+            )
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+def write_png16(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write a uint16 HxWx3 array as a 16-bit RGB PNG."""
+    path = Path(path)
+    with av.open(str(path), "w", format="image2", options={"update": "1"}) as out:
+        stream = out.add_stream("png", rate=1)
+        stream.height, stream.width = rgb.shape[:2]
+        stream.pix_fmt = "rgb48be"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb48le").reformat(format="rgb48be")
+        frame.pts = 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path

@@ -112,6 +112,20 @@ def test_kernel_grid():
         assert len(set(kernel_grid(n))) == n
 
 
+@pytest.mark.parametrize("align,offsets", [("decomp", 1), ("decomp", 3), ("decomp", 5), ("decomp", 13), ("flow", 1)])
+def test_any_decomposition_runs_through_torchvision_float64(align, offsets):
+    """The naive reference of `vsrx bench`: decomp-N and flow embedded in a k x k deform_conv2d."""
+    model = tiny(align, offsets, 1 if align == "flow" else 2).double()
+    scramble_offsets(model, std=3.0)
+    x = torch.rand(1, 3, 3, 12, 16, dtype=torch.float64)
+    with torch.no_grad():
+        ours = model(x)
+        for a in model.aligners().values():
+            a.via_torchvision = True
+        naive = model(x)
+    assert ((ours - naive).norm() / ours.norm()).item() < 1e-12
+
+
 def test_decomp9_equals_dcn_float64_whole_model():
     dcn = tiny("dcn").double()
     scramble_offsets(dcn, std=8.0)
@@ -259,3 +273,14 @@ def test_cli_lists_commands_and_version():
     for command in ("upscale", "train", "eval", "viz-offsets", "models", "convert"):
         assert command in result.output
     assert vsrx.__version__ in runner.invoke(main, ["--version"]).output
+
+
+def test_channels_last_tail_gives_the_same_output():
+    model = tiny("decomp", 5, 2).eval()
+    scramble_offsets(model, std=2.0)
+    x = torch.rand(1, 3, 3, 12, 16)
+    with torch.no_grad():
+        plain = model(x)
+        model.channels_last_tail()
+        assert model.conv_hr.weight.is_contiguous(memory_format=torch.channels_last)
+        assert (model(x) - plain).abs().max().item() < 1e-5

@@ -1,9 +1,13 @@
 """`vsrx bench`: latency, throughput and peak memory per alignment mode, precision and batch,
 model-only and end to end, always next to a naive reference measured in the same run.
 
-The reference is what a straightforward implementation does: every window's features
-recomputed, torchvision's DCN, fp32, batch 1. Each configuration runs in its own process so its
-peak host memory is its own. Weights are random: speed does not depend on them.
+Each mode is compared with its own naive reference: the same model and weights run the
+straightforward way, every window's features recomputed, every aligner through torchvision's
+DCN (decomp-N and flow embedded in a k x k kernel, see `Aligner`), fp32, batch 1, (N, C, H, W)
+layout throughout and the C library's default allocator (no `keep_freed_memory`). Ratios are same-model ratios, and each
+model-only case reports its largest difference from the reference's output in grey levels.
+Each configuration runs in its own process so its peak host memory is its own. Weights are
+random with offset predictors switched on: speed does not depend on the values.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REFERENCE = {"mode": "dcn", "cache": False, "precision": "fp32", "batch": 1, "dcn_impl": "torchvision"}
+REFERENCE = {"cache": False, "precision": "fp32", "batch": 1, "dcn_impl": "torchvision", "tuned_malloc": False,
+             "channels_last": False}
 
 
 @dataclass
@@ -28,8 +33,10 @@ class Case:
     cache: bool = True
     precision: str = "fp32"
     batch: int = 1
-    dcn_impl: str = "auto"  # auto: dcn runs as its exact decomp-9 form on CPU
+    dcn_impl: str = "auto"  # auto: dcn runs as its exact decomp-9 form on CPU; torchvision: every aligner by deform_conv2d
     end_to_end: bool = False
+    tuned_malloc: bool = True  # what the vsrx command line does (vsrx.runtime.keep_freed_memory)
+    channels_last: bool | None = None  # None: as `vsrx upscale` does (on CPU)
 
 
 def machine(device: str, threads: int) -> dict:
@@ -57,11 +64,17 @@ def make_clip(path: Path, frames: int, h: int, w: int) -> None:
         out.mux(stream.encode(None))
 
 
-def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device: str, num_frame: int) -> dict:
-    """Measure one configuration in this process."""
+def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device: str, num_frame: int,
+             dump: str | None = None) -> dict:
+    """Measure one configuration in this process; model-only cases save their uint8 outputs to ``dump`` (.npy)."""
+    import numpy as np
     import torch
 
-    from vsrx.inference import Upscaler
+    from vsrx.runtime import keep_freed_memory
+
+    if case.tuned_malloc:
+        keep_freed_memory()
+    from vsrx.inference import Upscaler, to_uint8
     from vsrx.models import build_model, convert_alignment, save_model
     from vsrx.pipeline import UpscaleOptions, pick_device, pick_dtype, upscale
 
@@ -80,26 +93,35 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
         make_clip(tmp / "in.mp4", frames, h, w)
         save_model(model, tmp / "m.safetensors")
         opts = UpscaleOptions(model=str(tmp / "m.safetensors"), device=device, precision=case.precision,
-                              batch=case.batch, dcn_impl=case.dcn_impl, cache=case.cache)
+                              batch=case.batch, dcn_impl=case.dcn_impl, cache=case.cache, channels_last=case.channels_last)
         t0 = time.perf_counter()
         result = upscale(str(tmp / "in.mp4"), str(tmp / "out.mp4"), opts)
         seconds, count = time.perf_counter() - t0, result.frames
     else:
         if align == "dcn" and (case.dcn_impl == "decomp" or (case.dcn_impl == "auto" and dev.type == "cpu")):
             model = convert_alignment(model, "decomp", 9)
+        elif case.dcn_impl == "torchvision":
+            for a in model.aligners().values():
+                a.via_torchvision = True
         model = model.to(dev, dtype)
-        clip = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for _ in range(min(frames, 16))]
+        if case.channels_last if case.channels_last is not None else dev.type == "cpu":
+            model.channels_last_tail()
+        gen = torch.Generator().manual_seed(1)
+        clip = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen) for _ in range(min(frames, 16))]
         it = Upscaler(model, batch=case.batch, device=dev, dtype=dtype, cache=case.cache).stream(
             (clip[i % len(clip)] for i in range(frames + case.batch)), frames + case.batch)
-        for _ in range(case.batch):  # warm-up batch
-            next(it)
+        outputs = [to_uint8(next(it)).cpu() for _ in range(case.batch)]  # warm-up batch; the first is compared
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        count = sum(1 for _ in it)
+        count = 0
+        for _ in it:
+            count += 1
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t0
+        if dump:
+            np.save(dump, outputs[0].numpy())
     result = {**asdict(case), "frames": count, "ms_per_frame": 1000 * seconds / count, "fps": count / seconds,
               "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if dev.type == "cuda":
@@ -109,23 +131,32 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
 
 def bench(cases: list[Case], preset: str = "edvr-s", size: tuple[int, int] = (180, 320), frames: int = 8,
           device: str = "auto", num_frame: int = 7, threads: int | None = None, report=print) -> dict:
-    """Run the reference and every case, each in a fresh process; returns {machine, results}."""
+    """Run each mode's naive reference and every case, each in a fresh process; returns {machine, results}."""
+    import numpy as np
+
     threads = threads or os.cpu_count() or 1
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     results, refs = [], {}
-    ref_cases = [Case(**REFERENCE, end_to_end=e2e) for e2e in sorted({c.end_to_end for c in cases})]
-    for case in ref_cases + cases:
-        spec = json.dumps({"case": asdict(case), "preset": preset, "size": size, "frames": frames, "device": device,
-                           "num_frame": num_frame})
-        proc = subprocess.run([sys.executable, "-m", "vsrx.bench", spec], capture_output=True, text=True, env=env)
-        if proc.returncode:
-            raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr[-2000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        r["reference"] = r["end_to_end"] not in refs
-        refs.setdefault(r["end_to_end"], r)
-        r["speedup"] = r["fps"] / refs[r["end_to_end"]]["fps"]
-        results.append(r)
-        report(r)
+    ref_cases = list({(c.mode, c.end_to_end): Case(mode=c.mode, end_to_end=c.end_to_end, **REFERENCE) for c in cases}.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, case in enumerate(ref_cases + cases):
+            dump = None if case.end_to_end else str(Path(tmp) / f"{k}.npy")
+            spec = json.dumps({"case": asdict(case), "preset": preset, "size": size, "frames": frames, "device": device,
+                               "num_frame": num_frame, "dump": dump})
+            proc = subprocess.run([sys.executable, "-m", "vsrx.bench", spec], capture_output=True, text=True, env=env)
+            if proc.returncode:
+                raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr[-2000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            key = (case.mode, case.end_to_end)
+            r["reference"] = key not in refs
+            if r["reference"]:
+                refs[key] = (r, dump)
+            ref, ref_dump = refs[key]
+            r["speedup"] = r["fps"] / ref["fps"]
+            if dump:  # largest output difference from the same model's naive run, in grey levels
+                r["max_diff"] = int(np.abs(np.load(dump).astype(np.int16) - np.load(ref_dump).astype(np.int16)).max())
+            results.append(r)
+            report(r)
     return {"machine": machine(device, threads), "preset": preset, "lr_size": list(size), "num_frame": num_frame,
             "results": results}
 
@@ -136,7 +167,7 @@ def _child() -> None:
     spec = json.loads(sys.argv[1])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(json.dumps(run_case(Case(**spec["case"]), spec["preset"], tuple(spec["size"]), spec["frames"], spec["device"],
-                              spec["num_frame"])))
+                              spec["num_frame"], spec.get("dump"))))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ class VsrxGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Video super-resolution x4 with EDVR models and deformable alignment (dcn, decomp-N, flow)."""
-    ctx.obj = {"debug": debug}
+    from vsrx.runtime import keep_freed_memory
+
+    ctx.obj = {"debug": debug, "malloc_tuned": keep_freed_memory()}
 
 
 class FrameProgress:
@@ -330,7 +332,8 @@ def csv_list(kind):
 @click.option("--end-to-end", is_flag=True, help="Also time decode + model + encode of a generated clip.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write machine, command and raw numbers here.")
 def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, device, threads, end_to_end, json_path) -> None:
-    """Speed and memory per mode, precision and batch, next to a naive reference (per-window features, torchvision DCN, fp32, batch 1)."""
+    """Speed and memory per mode, precision and batch, next to each mode's naive reference (same model: per-window features,
+    torchvision DCN, fp32, batch 1, default allocator); "max diff" is the largest output difference from it in grey levels."""
     import json
 
     from rich.table import Table
@@ -346,13 +349,14 @@ def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, d
     cases = [Case(mode=m, precision=p, batch=b, cache=c == "on", end_to_end=e2e)
              for e2e in ([False, True] if end_to_end else [False]) for m in modes for c in caches for p in precisions for b in batches]
     table = Table(title=f"vsrx bench: {preset}, {h}x{w} -> {4 * h}x{4 * w}, T={num_frame}")
-    for col in ("run", "mode", "cache", "precision", "batch", "ms/frame", "fps", "x ref", "host MB", "GPU MB"):
+    for col in ("run", "mode", "cache", "precision", "batch", "ms/frame", "fps", "x ref", "max diff", "host MB", "GPU MB"):
         table.add_column(col, justify="left" if col in ("run", "mode") else "right", no_wrap=True)
 
     def report(r):
         table.add_row("e2e" if r["end_to_end"] else "model", r["mode"] + (" (ref)" if r["reference"] else ""),
                       "on" if r["cache"] else "off", r["precision"], str(r["batch"]), f"{r['ms_per_frame']:.1f}",
-                      f"{r['fps']:.3f}", f"{r['speedup']:.2f}", f"{r['peak_host_mb']:.0f}", f"{r.get('peak_gpu_mb', 0):.0f}")
+                      f"{r['fps']:.3f}", f"{r['speedup']:.2f}", str(r.get("max_diff", "-")), f"{r['peak_host_mb']:.0f}",
+                      f"{r.get('peak_gpu_mb', 0):.0f}")
         err_console.print(f"{'e2e' if r['end_to_end'] else 'model'} {r['mode']} cache={r['cache']} {r['precision']} "
                           f"batch {r['batch']}: {r['ms_per_frame']:.1f} ms/frame ({r['speedup']:.2f}x reference)")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,6 +23,9 @@ from vsrx.io.windows import frame_indices
 from vsrx.models.edvr import EDVR
 
 MIN_TILE = 32
+_UINT16 = getattr(torch, "uint16", None)
+"""torch.uint16 (torch >= 2.3; "limited support", enough for copies and conversions), else None:
+16-bit frames then go in as float32 and come out as int32 (see `pixels_to_tensor`, `pixels_to_numpy`)."""
 
 
 def pad_to_multiple(x: Tensor, multiple: int = 4) -> Tensor:
@@ -60,7 +64,7 @@ def make_tiles(h: int, w: int, tile: int | None, overlap: int) -> list[Tile]:
 class Upscaler:
     """Streams x4 super-resolution of a clip through an EDVR model.
 
-    ``stream(frames, total)`` takes (3, H, W) tensors (uint8 or float in [0, 1]) in order and
+    ``stream(frames, total)`` takes (3, H, W) tensors (uint8, uint16 or float in [0, 1]) in order and
     yields (3, 4H, 4W) outputs in the model dtype, not clamped. Any H, W works (reflect-padded
     to multiples of 4 for the model, outputs cropped to exactly 4H x 4W). ``cache=False``
     recomputes every window's features (the naive reference).
@@ -137,7 +141,12 @@ class Upscaler:
 
     def _prepare(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        x = x.to(self.dtype) / 255 if x.dtype == torch.uint8 else x.to(self.dtype)
+        if x.dtype == torch.uint8:
+            x = x.to(self.dtype) / 255
+        elif _UINT16 is not None and x.dtype == _UINT16:  # scaled in fp32: 65535 does not fit in fp16
+            x = (x.to(torch.float32) / 65535).to(self.dtype)
+        else:
+            x = x.to(self.dtype)
         return pad_to_multiple(x.unsqueeze(0))[0]
 
     def _run_with_retry(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict) -> Tensor:
@@ -191,3 +200,32 @@ def upscale_stream(model: EDVR, frames: Iterable[Tensor], total: int, **options)
 def to_uint8(x: Tensor) -> Tensor:
     """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, clamped and rounded."""
     return x.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+
+
+def to_uint16(x: Tensor) -> Tensor:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint16 (0..65535), clamped and rounded.
+
+    Without torch.uint16 (torch < 2.3) the values come as int32; `pixels_to_numpy` makes them uint16.
+    """
+    return x.float().clamp(0, 1).mul(65535).round().to(torch.int32 if _UINT16 is None else _UINT16).permute(1, 2, 0)
+
+
+def to_pixels(x: Tensor, bits: int = 8) -> Tensor:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 for ``bits`` <= 8, else uint16."""
+    return to_uint8(x) if bits <= 8 else to_uint16(x)
+
+
+def pixels_to_tensor(rgb: np.ndarray) -> Tensor:
+    """An (H, W, 3) uint8 or uint16 frame as a tensor that ``Upscaler.stream`` takes after
+    ``permute(2, 0, 1)``: the same memory, or float32 in [0, 1] for uint16 without torch.uint16."""
+    if rgb.dtype == np.uint16 and _UINT16 is None:
+        return torch.from_numpy(rgb.astype(np.float32) / 65535)
+    if rgb.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected uint8 or uint16 pixels, got {rgb.dtype}")
+    return torch.from_numpy(rgb)
+
+
+def pixels_to_numpy(x: Tensor) -> np.ndarray:
+    """A CPU output of `to_uint8`/`to_uint16` as a numpy array (uint8 or uint16)."""
+    pixels = x.numpy()
+    return pixels.astype(np.uint16) if pixels.dtype == np.int32 else pixels

@@ -3,7 +3,8 @@
 The reader streams frames, `Upscaler` keeps only the frames and features later windows need,
 and the sink writes to a temporary file renamed onto the target only when everything
 succeeded. Under torchrun the ranks split the frame range; each spills its frames to a raw
-file beside the target and rank 0 encodes them all, in order, into one output.
+file beside the target and rank 0 encodes them all, in order, into one output. A source of
+more than 8 bits per component is processed as 16-bit RGB end to end (uint16 in and out).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from vsrx.errors import UsageError, VsrxError
-from vsrx.inference import Upscaler, to_uint8
+from vsrx.inference import Upscaler, pixels_to_numpy, pixels_to_tensor, to_pixels, to_uint8
 from vsrx.io.reader import Frame, FrameSource, open_source
 from vsrx.io.writer import VideoSink, open_sink
 from vsrx.models import EDVR, EDVRConfig, convert_alignment, load_model
@@ -50,7 +51,10 @@ class UpscaleOptions:
     audio: bool = True
     subtitles: bool = True
     overwrite: bool = False
-    dcn_impl: str = "auto"  # auto: dcn models run as their exact decomp-9 form on CPU, where it is faster
+    # auto: dcn models run as their exact decomp-9 form on CPU, where it is faster; torchvision: every
+    # aligner through torchvision's deform_conv2d (decomp-N and flow embedded in a k x k kernel)
+    dcn_impl: str = "auto"
+    channels_last: bool | None = None  # the trunk and x4 tail channels-last (EDVR.channels_last_tail); None: on CPU
     cache: bool = True  # False recomputes every window's features (the naive reference of `vsrx bench`)
 
 
@@ -108,6 +112,11 @@ def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype
     asked = model.config
     if asked.align == "dcn" and (opts.dcn_impl == "decomp" or (opts.dcn_impl == "auto" and device.type == "cpu")):
         model = convert_alignment(model, "decomp", 9)
+    elif opts.dcn_impl == "torchvision":
+        for aligner in model.aligners().values():
+            aligner.via_torchvision = True
+    if opts.channels_last if opts.channels_last is not None else device.type == "cpu":
+        model.channels_last_tail()
     return model.to(dtype), Path(name).name, asked
 
 
@@ -126,7 +135,7 @@ def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, i
     progress = progress or (lambda done, total: None)
     note = note or (lambda msg: None)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    source = open_source(src)
+    source = open_source(src, keep_bit_depth=True)
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.precision, device)
     model, model_name, asked = resolve_model(opts, device, dtype)
@@ -181,27 +190,29 @@ def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Callable[[int, i
 
 
 def run_range(upscaler: Upscaler, source: FrameSource, lo: int, hi: int) -> Iterator[tuple[Frame, np.ndarray]]:
-    """(source frame, SR uint8 HxWx3) for centres lo..hi-1, decoding only as far as the windows need.
+    """(source frame, SR HxWx3) for centres lo..hi-1, decoding only as far as the windows need.
 
-    On CUDA each output is rounded to uint8 on the GPU and copied to pinned host memory without
-    blocking; a frame is handed to the writer only once the next batch has been launched, so the
-    GPU never waits for the encoder.
+    Outputs are uint8, or uint16 when the source is high bit depth (its frames are uint16). On
+    CUDA each output is rounded on the GPU and copied to pinned host memory without blocking; a
+    frame is handed to the writer only once the next batch has been launched, so the GPU never
+    waits for the encoder.
     """
     meta: dict[int, Frame] = {}
 
     def tensors():
         for frame in source:
             meta[frame.index] = frame
-            yield torch.from_numpy(frame.rgb).pin_memory() if upscaler.device.type == "cuda" else torch.from_numpy(frame.rgb)
+            pixels = pixels_to_tensor(frame.rgb)
+            yield pixels.pin_memory() if upscaler.device.type == "cuda" else pixels
 
     pending: deque[tuple[Frame, torch.Tensor, torch.cuda.Event | None]] = deque()
     for k, sr in enumerate(upscaler.stream((t.permute(2, 0, 1) for t in tensors()), source.num_frames, lo, hi)):
         frame = meta.pop(lo + k)
         for i in [i for i in meta if i < lo + k]:
             del meta[i]
-        out = to_uint8(sr)
+        out = to_pixels(sr, frame.bits)
         if out.is_cuda:
-            host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
@@ -220,17 +231,21 @@ def _ready(item: tuple[Frame, torch.Tensor, "torch.cuda.Event | None"]) -> tuple
     frame, host, event = item
     if event is not None:
         event.synchronize()
-    return frame, host.numpy()
+    return frame, pixels_to_numpy(host)
 
 
 def spill_and_gather(frames, dst: str, rank: int, world: int, progress, sink) -> int:
-    """Each rank writes its frames to a raw spill file; rank 0 then encodes all of them in order."""
+    """Each rank writes its frames to a raw spill file; rank 0 then encodes all of them in order.
+
+    Each record is a header of 8 int64 (height, width, channels, bytes per value, has pts, pts,
+    has duration, duration) and the pixels (uint8 or uint16, native byte order).
+    """
     target = Path(dst)
     spill = target.parent / f".{target.name}.rank{rank}.spill"
     count = 0
     with open(spill, "wb") as f:
         for frame, rgb in frames:
-            header = np.array([*rgb.shape, frame.pts is not None, frame.pts or 0,
+            header = np.array([*rgb.shape, rgb.dtype.itemsize, frame.pts is not None, frame.pts or 0,
                                frame.duration is not None, frame.duration or 0], dtype=np.int64)
             f.write(header.tobytes())
             f.write(rgb.tobytes())
@@ -244,8 +259,9 @@ def spill_and_gather(frames, dst: str, rank: int, world: int, progress, sink) ->
                 path = target.parent / f".{target.name}.rank{r}.spill"
                 with open(path, "rb") as f:
                     for _ in range(int(counts[r])):
-                        h, w, c, has_pts, pts, has_dur, dur = (int(v) for v in np.frombuffer(f.read(56), dtype=np.int64))
-                        rgb = np.frombuffer(f.read(h * w * c), dtype=np.uint8).reshape(h, w, c)
+                        h, w, c, size, has_pts, pts, has_dur, dur = (int(v) for v in np.frombuffer(f.read(64), dtype=np.int64))
+                        dtype = np.uint16 if size == 2 else np.uint8
+                        rgb = np.frombuffer(f.read(h * w * c * size), dtype=dtype).reshape(h, w, c)
                         sink.write(rgb, pts if has_pts else None, dur if has_dur else None)
                         done += 1
                         progress(done)

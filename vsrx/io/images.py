@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import io as tvio
 
 from vsrx.errors import InputError
 
@@ -28,6 +27,13 @@ def list_images(folder: Path) -> list[Path]:
     return sorted((p for p in files if p.is_file()), key=natural_key)
 
 
+def _codecs():
+    """torchvision.io, imported on first use: importing torchvision costs about a second at start-up."""
+    from torchvision import io
+
+    return io
+
+
 def _quiet():
     # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and are
     # the fastest we have, so keep the warning out of users' terminals.
@@ -39,7 +45,7 @@ def _quiet():
 
 def read_image(path: str | Path) -> np.ndarray:
     """An 8-bit image file as HxWx3 uint8 RGB; InputError naming the file when it cannot be decoded."""
-    ctx = _quiet()
+    tvio, ctx = _codecs(), _quiet()
     try:
         img = tvio.decode_image(tvio.read_file(str(path)), mode=tvio.ImageReadMode.RGB)
     except OSError as e:
@@ -55,7 +61,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
     """Write HxWx3 uint8 RGB as a PNG file."""
-    ctx = _quiet()
+    tvio, ctx = _codecs(), _quiet()
     try:
         tvio.write_png(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous(), str(path))
     finally:

@@ -25,7 +25,8 @@ FrameCountSource = Literal["header", "packets", "files"]
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded frame: RGB pixels plus its timestamp in the source's time base."""
+    """One decoded frame: RGB pixels (HxWx3 uint8, or uint16 from a high-bit-depth source opened
+    with `keep_bit_depth`) plus its timestamp in the source's time base."""
 
     index: int
     rgb: np.ndarray
@@ -33,9 +34,27 @@ class Frame:
     time: float | None
     duration: int | None = None
 
+    @property
+    def bits(self) -> int:
+        """Bits per component of `rgb`: 8 (uint8) or 16 (uint16)."""
+        return self.rgb.dtype.itemsize * 8
+
+
+def format_bits(pix_fmt: str | None) -> int:
+    """Largest bits per colour component of an FFmpeg pixel format (8 when unknown)."""
+    try:
+        return max((c.bits for c in av.VideoFormat(pix_fmt).components), default=8) if pix_fmt else 8
+    except (ValueError, av.FFmpegError):
+        return 8
+
 
 class FrameSource(ABC):
-    """A sequence of same-sized RGB frames, iterated lazily (each pass re-reads the input)."""
+    """A sequence of same-sized RGB frames, iterated lazily (each pass re-reads the input).
+
+    Frames are rgb24 (uint8) unless the source was opened with `keep_bit_depth` and its first
+    frame's pixel format has more than 8 bits per component (yuv420p10le, gray16, rgb48, a 16-bit
+    PNG...): then every frame is decoded to rgb48le (uint16) and `high_bit_depth` is True.
+    """
 
     path: Path
     width: int
@@ -52,6 +71,22 @@ class FrameSource(ABC):
     decoded: int = 0
     decode_errors: int = 0
     truncated: bool = False
+    keep_bit_depth: bool = False
+
+    @property
+    def bits(self) -> int:
+        """Bits per component of the source's pixel format (e.g. 8, 10, 16)."""
+        return format_bits(self.pix_fmt)
+
+    @property
+    def high_bit_depth(self) -> bool:
+        """Whether frames are decoded to uint16 rgb48le (`keep_bit_depth` and a source of more than 8 bits)."""
+        return self.keep_bit_depth and self.bits > 8
+
+    @property
+    def rgb_format(self) -> str:
+        """The pixel format frames are decoded to: rgb48le for a high-bit-depth source, else rgb24."""
+        return "rgb48le" if self.high_bit_depth else "rgb24"
 
     @abstractmethod
     def __iter__(self) -> Iterator[Frame]:
@@ -69,13 +104,15 @@ class FrameSource(ABC):
 
 
 class VideoSource(FrameSource):
-    """Frames of the first video stream of a media file, decoded to rgb24.
+    """Frames of the first video stream of a media file, decoded to rgb24 (rgb48le for a
+    high-bit-depth source with `keep_bit_depth`).
 
     A mid-stream resolution change is scaled back to the first frame's size.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_bit_depth: bool = False) -> None:
         self.path = path
+        self.keep_bit_depth = keep_bit_depth
         with _open_media(path) as container:
             stream = _video_stream(container, path)
             first = next(_decode(container, stream, self), None)
@@ -144,7 +181,7 @@ class VideoSource(FrameSource):
             frame,
             width=self.width,
             height=self.height,
-            format="rgb24",
+            format=self.rgb_format,
             src_color_range=frame.color_range,
             dst_color_range=ColorRange.JPEG,
         ).to_ndarray()
@@ -162,8 +199,9 @@ class FolderSource(FrameSource):
     fps = None
     time_base = None
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_bit_depth: bool = False) -> None:
         self.path = path
+        self.keep_bit_depth = keep_bit_depth
         self.files = list_images(path)
         if not self.files:
             raise InputError(
@@ -185,19 +223,23 @@ class FolderSource(FrameSource):
                     f"{file.name} is {image.width}x{image.height} but {self.files[0].name} is "
                     f"{self.width}x{self.height}; all frames in a folder must share one size"
                 )
-            rgb = reformatter.reformat(image, format="rgb24", src_color_range=image.color_range).to_ndarray()
+            rgb = reformatter.reformat(image, format=self.rgb_format, src_color_range=image.color_range).to_ndarray()
             self.decoded = index + 1
             yield Frame(index, rgb, None, None)
 
 
-def open_source(path: str | Path) -> FrameSource:
-    """Open a video file or a folder of frames for streaming; raises InputError when it cannot be read."""
+def open_source(path: str | Path, keep_bit_depth: bool = False) -> FrameSource:
+    """Open a video file or a folder of frames for streaming; raises InputError when it cannot be read.
+
+    `keep_bit_depth`: decode a source of more than 8 bits per component to uint16 rgb48le frames
+    instead of uint8 rgb24 (`vsrx upscale` does; metrics, training and viz keep 8 bits).
+    """
     path = Path(path)
     if path.is_dir():
-        return FolderSource(path)
+        return FolderSource(path, keep_bit_depth)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    return VideoSource(path)
+    return VideoSource(path, keep_bit_depth)
 
 
 def _open_media(path: Path) -> av.container.InputContainer:

@@ -2,6 +2,8 @@
 
 Output goes to a hidden temporary file or folder beside the target and is renamed onto it
 only by `close()`; `abort()` (or an exception inside a `with` block) deletes it instead.
+Frames are HxWx3 RGB, uint8 (rgb24) or uint16 (rgb48, 16 bits per component): the latter keep
+the precision of a high-bit-depth source through to a 10/12/16-bit pix_fmt or 16-bit PNGs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from av.codec.context import Flags
 from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from vsrx.errors import UsageError
-from vsrx.io.reader import FrameSource
+from vsrx.io.reader import FrameSource, format_bits
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
 """Output extension -> FFmpeg muxer."""
@@ -164,10 +166,10 @@ class VideoSink(_Sink):
             raise
 
     def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
-        """Encode one uint8 HxWx3 frame at `pts` (source time base; None: one frame after the last)."""
+        """Encode one uint8 or uint16 HxWx3 frame at `pts` (source time base; None: one frame after the last)."""
         _check_frame(rgb)
         if self._stream is None:
-            self._start(rgb.shape[1], rgb.shape[0])
+            self._start(rgb.shape[1], rgb.shape[0], rgb.dtype)
         if self._pad is not None:
             rgb = self._padded(rgb)
         stream = self._stream
@@ -181,7 +183,7 @@ class VideoSink(_Sink):
             pts = self._last_pts + 1
         self._last_pts = pts
         frame = self._reformatter.reformat(
-            av.VideoFrame.from_ndarray(rgb, format="rgb24"),
+            av.VideoFrame.from_ndarray(rgb, format=_rgb_format(rgb)),
             format=self._pix_fmt,
             dst_colorspace=self._colorspace,
             src_color_range=ColorRange.JPEG,
@@ -220,13 +222,13 @@ class VideoSink(_Sink):
         self._close_side()
         self._target.discard()
 
-    def _start(self, width: int, height: int) -> None:
+    def _start(self, width: int, height: int, dtype: np.dtype) -> None:
         """Create the video stream for the first frame's size and the copied audio/subtitle streams."""
         fmt = av.VideoFormat(self._pix_fmt)
         even_w, even_h = fmt.chroma_width(2) == 1, fmt.chroma_height(2) == 1
         padded = (width + (even_w and width % 2), height + (even_h and height % 2))
         if padded != (width, height):
-            self._pad = np.empty((padded[1], padded[0], 3), np.uint8)
+            self._pad = np.empty((padded[1], padded[0], 3), dtype)
             self.notes.append(
                 f"padded {width}x{height} to {padded[0]}x{padded[1]} by repeating the edge "
                 f"({self._pix_fmt} needs even sizes)"
@@ -318,6 +320,8 @@ class VideoSink(_Sink):
 
     def _padded(self, rgb: np.ndarray) -> np.ndarray:
         """Copy `rgb` into the even-sized buffer, repeating its last row and column."""
+        if self._pad.dtype != rgb.dtype:
+            self._pad = np.empty(self._pad.shape, rgb.dtype)
         pad, (h, w) = self._pad, rgb.shape[:2]
         pad[:h, :w] = rgb
         pad[h:, :w] = rgb[-1:]
@@ -326,7 +330,8 @@ class VideoSink(_Sink):
 
 
 class FrameFolderSink(_Sink):
-    """Writes frames as PNG files 00000000.png, 00000001.png, ... (in write order) into a folder."""
+    """Writes frames as PNG files 00000000.png, 00000001.png, ... (in write order) into a folder:
+    8-bit RGB PNGs, or 16-bit ones (rgb48) when the first frame is uint16."""
 
     def __init__(self, path: str | Path, source: FrameSource, *, overwrite: bool = False) -> None:
         self._target = _AtomicTarget(path, source, overwrite, "")
@@ -337,16 +342,18 @@ class FrameFolderSink(_Sink):
         self._closed = False
 
     def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
-        """Write one uint8 HxWx3 frame as the next PNG; timestamps are not stored."""
+        """Write one uint8 or uint16 HxWx3 frame as the next PNG; timestamps are not stored."""
         _check_frame(rgb)
         if self._stream is None:
-            self._start(rgb.shape[1], rgb.shape[0])
+            self._start(rgb.shape[1], rgb.shape[0], rgb.dtype)
         if (rgb.shape[1], rgb.shape[0]) != (self._stream.width, self._stream.height):
             raise ValueError(
                 f"frame is {rgb.shape[1]}x{rgb.shape[0]}, "
                 f"earlier frames are {self._stream.width}x{self._stream.height}"
             )
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(rgb, format=_rgb_format(rgb))
+        if frame.format.name != self._stream.pix_fmt:
+            frame = frame.reformat(format=self._stream.pix_fmt)
         frame.pts = self._count
         self._out.mux(self._stream.encode(frame))
         self._count += 1
@@ -376,12 +383,13 @@ class FrameFolderSink(_Sink):
             self._finish_container()
         self._target.discard()
 
-    def _start(self, width: int, height: int) -> None:
-        """Open the PNG image-sequence muxer for frames of the given size."""
+    def _start(self, width: int, height: int, dtype: np.dtype) -> None:
+        """Open the PNG image-sequence muxer for frames of the given size (16-bit PNGs for uint16)."""
         pattern = str(self._target.temp / "%08d.png")
         self._out = av.open(pattern, "w", format="image2", options={"start_number": "0"})
         self._stream = self._out.add_stream("png", rate=DEFAULT_FPS)
-        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "rgb24"
+        pix_fmt = "rgb48be" if dtype == np.uint16 else "rgb24"  # PNG stores 16-bit samples big-endian
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
 
     def _finish_container(self) -> None:
         """Flush and close the current PNG muxer, if open."""
@@ -393,8 +401,13 @@ class FrameFolderSink(_Sink):
 
 
 def _check_frame(rgb: np.ndarray) -> None:
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected a uint8 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
+    if rgb.dtype not in (np.uint8, np.uint16) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected a uint8 or uint16 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
+
+
+def _rgb_format(rgb: np.ndarray) -> str:
+    """The packed RGB pix_fmt of a checked frame: rgb24 for uint8, rgb48le for uint16."""
+    return "rgb48le" if rgb.dtype == np.uint16 else "rgb24"
 
 
 def open_sink(
@@ -431,10 +444,11 @@ def _pick_codec(codec: str | None, out: av.container.OutputContainer, suffix: st
 
 
 def _pick_pix_fmt(pix_fmt: str | None, codec: av.Codec, source_fmt: str | None) -> str:
-    """The requested pixel format, else the source's colour format when the encoder takes it, else yuv420p.
+    """The requested pixel format, else the source's colour format when the encoder takes it, else
+    yuv420p (yuv420p10le for a source of more than 8 bits per component, where the encoder takes it).
 
     A full-range yuvj* source maps to its yuv* twin (the output is then tagged full range); a
-    grayscale source still gets yuv420p, which players handle far better than 4:0:0.
+    grayscale source still gets yuv420p (or yuv420p10le), which players handle far better than 4:0:0.
     """
     supported = [f.name for f in codec.video_formats or ()]
     if pix_fmt is not None:
@@ -444,6 +458,8 @@ def _pick_pix_fmt(pix_fmt: str | None, codec: av.Codec, source_fmt: str | None) 
     plain = source_fmt and source_fmt.replace("yuvj", "yuv")  # yuvj*: deprecated full-range aliases
     if plain in supported and len(av.VideoFormat(plain).components) >= 3:
         return plain
+    if format_bits(source_fmt) > 8 and "yuv420p10le" in supported:
+        return "yuv420p10le"
     return "yuv420p" if "yuv420p" in supported or not supported else supported[0]
 
 

@@ -25,7 +25,6 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from vsrx.errors import ModelError
 
@@ -103,6 +102,7 @@ class Aligner(nn.Module):
             "grid", torch.tensor(kernel_grid(offsets), dtype=torch.float32).view(1, 1, offsets, 2, 1, 1), persistent=False
         )
         self.record: list | None = None
+        self.via_torchvision = False  # decomp/flow through deform_conv2d as well (the naive reference of `vsrx bench`)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,7 +125,7 @@ class Aligner(nn.Module):
             b, _, h, w = offset.shape
             absolute = offset.reshape(b, g, n, 2, h, w) + self.grid.to(offset.dtype)
             self.record.append((absolute, None if mask is None else mask.reshape(b, g, n, h, w)))
-        if self.mode != "dcn" and x.is_cuda and not torch.is_grad_enabled():
+        if self.mode != "dcn" and not self.via_torchvision and x.is_cuda and not torch.is_grad_enabled():
             from vsrx.ops import fused  # imports triton only for CUDA inference
 
             if fused.available(x):  # Eq. 3 in one kernel: the N*C stacked tensor never reaches memory
@@ -137,7 +137,11 @@ class Aligner(nn.Module):
             x, offset = x.float(), offset.float()
             mask = None if mask is None else mask.float()
         if self.mode == "dcn":
+            from torchvision.ops import deform_conv2d  # imported on use: torchvision takes ~1 s to import
+
             y = deform_conv2d(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), padding=1, mask=mask)
+        elif self.via_torchvision:
+            y = self._via_deform_conv2d(x, offset, mask)
         else:
             y = self._decomposed(x, offset, mask)
         return y.to(out_dtype)
@@ -153,6 +157,26 @@ class Aligner(nn.Module):
             # In place at inference: a fresh N*C-channel tensor per call costs more in page faults than the multiply.
             warped = warped * mask if torch.is_grad_enabled() else warped.mul_(mask)
         return F.conv2d(warped.reshape(b, c * n, h, w), self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+    def _via_deform_conv2d(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
+        """The same function through torchvision's deform_conv2d: the N kernel positions placed in
+        the smallest odd k x k kernel that holds them, the other taps with zero weight and mask."""
+        from torchvision.ops import deform_conv2d
+
+        b, c, h, w = x.shape
+        g, n = self.groups, self.offsets
+        points = kernel_grid(n)
+        r = max(max(abs(dy), abs(dx)) for dy, dx in points)
+        k = 2 * r + 1
+        taps = [(dy + r) * k + dx + r for dy, dx in points]
+        full = offset.new_zeros(b, g, k * k, 2, h, w)
+        full[:, :, taps] = offset.reshape(b, g, n, 2, h, w)
+        modulation = offset.new_zeros(b, g, k * k, h, w)
+        modulation[:, :, taps] = 1 if mask is None else mask.reshape(b, g, n, h, w)
+        weight = x.new_zeros(self.weight.shape[0], c, k * k)
+        weight[:, :, taps] = self.weight.to(x.dtype).reshape(-1, c, n)
+        return deform_conv2d(x, full.view(b, -1, h, w), weight.view(-1, c, k, k), self.bias.to(x.dtype),
+                             padding=r, mask=modulation.view(b, -1, h, w))
 
 
 def dcn_to_decomp(weight: Tensor) -> Tensor:

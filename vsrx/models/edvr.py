@@ -263,6 +263,18 @@ class EDVR(nn.Module):
         """The model's aligners by qualified name (pcd_align.dcn_pack.l3 ... pcd_align.cas_dcnpack)."""
         return {name: m for name, m in self.named_modules() if isinstance(m, Aligner)}
 
+    def channels_last_tail(self) -> "EDVR":
+        """Store the reconstruction trunk and the x4 tail channels-last, for inference on CPU.
+
+        oneDNN's 3x3 convolutions run ~25% faster on (N, H, W, C) tensors there, and past fusion
+        the model is only convolutions, pixel shuffles and additions. Alignment stays (N, C, H, W):
+        its sampling and group reshapes would need layout copies that cost what the convolutions
+        save (measured: whole model channels-last ~1% faster, tail only 4-8%).
+        """
+        for module in (self.reconstruction, self.upconv1, self.upconv2, self.conv_hr, self.conv_last):
+            module.to(memory_format=torch.channels_last)
+        return self
+
     def extract(self, frames: Tensor, with_terms: bool = False) -> tuple[Tensor, ...]:
         """Per-frame features of independent frames (N, 3, H, W): the pyramid (l1, l2, l3), and with
         ``with_terms`` also each frame's share of PCD's first offset convolutions. Cacheable per frame."""
@@ -286,6 +298,8 @@ class EDVR(nn.Module):
             aligned = self.pcd_align(nbr, ref)
         aligned = aligned.view(b, t, *aligned.shape[1:])
         feat = self.fusion(aligned if self.config.with_tsa else aligned.flatten(1, 2))
+        if self.upconv1.weight.is_contiguous(memory_format=torch.channels_last):  # see channels_last_tail
+            feat = feat.contiguous(memory_format=torch.channels_last)
         out = self.reconstruction(feat)
         out = lrelu(F.pixel_shuffle(self.upconv1(out), 2))
         out = lrelu(F.pixel_shuffle(self.upconv2(out), 2))
