@@ -4,8 +4,9 @@ model-only and end to end, always next to a naive reference measured in the same
 Each mode is compared with its own naive reference: the same model and weights run the
 straightforward way, every window's features recomputed, every aligner through torchvision's
 DCN (decomp-N and flow embedded in a k x k kernel, see `Aligner`), fp32, batch 1, (N, C, H, W)
-layout throughout and the C library's default allocator (no `keep_freed_memory`). Ratios are same-model ratios, and each
-model-only case reports its largest difference from the reference's output in grey levels.
+layout throughout and the C library's default allocator (no `keep_freed_memory`). Ratios are
+same-model ratios, and each model-only case reports its largest output difference from the
+reference in grey levels.
 Each configuration runs in its own process so its peak host memory is its own. Weights are
 random with offset predictors switched on: speed does not depend on the values.
 """
@@ -110,18 +111,18 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
         clip = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen) for _ in range(min(frames, 16))]
         it = Upscaler(model, batch=case.batch, device=dev, dtype=dtype, cache=case.cache).stream(
             (clip[i % len(clip)] for i in range(frames + case.batch)), frames + case.batch)
-        outputs = [to_uint8(next(it)).cpu() for _ in range(case.batch)]  # warm-up batch; the first is compared
+        first = to_uint8(next(it)).cpu()  # the warm-up batch; its first output is compared with the reference
+        for _ in range(case.batch - 1):
+            next(it)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        count = 0
-        for _ in it:
-            count += 1
+        count = sum(1 for _ in it)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t0
         if dump:
-            np.save(dump, outputs[0].numpy())
+            np.save(dump, first.numpy())
     result = {**asdict(case), "frames": count, "ms_per_frame": 1000 * seconds / count, "fps": count / seconds,
               "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if dev.type == "cuda":
