@@ -47,7 +47,7 @@ def held_out_scores(weights: Path, data: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a `vsrx train --out` directory (or a .safetensors file)")
+    p.add_argument("run", type=Path, help="a `vsrx train --out` directory (or a .safetensors file, e.g. a checkpoint's)")
     p.add_argument("--name", required=True)
     p.add_argument("--family", default="", help="EDVR family name, e.g. edvr-s (a name --model accepts with --align)")
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -60,7 +60,9 @@ def main() -> None:
     model = load_model(weights)
     log = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()] if args.run.is_dir() else []
     train_cfg = json.loads((args.run / "config.json").read_text()) if args.run.is_dir() else {}
-    steps = int(read_metadata(weights).get("vsrx.step", max((e["step"] for e in log), default=0)))
+    # The step: from the weights' metadata, else a checkpoint folder's name (ckpt/step_00004500), else the log's last.
+    named = weights.parent.name.removeprefix("step_")
+    steps = int(read_metadata(weights).get("vsrx.step") or (named if named.isdigit() else max((e["step"] for e in log), default=0)))
     log = [e for e in log if e["step"] <= steps]
     recipe = {"hardware": args.hardware, "wall_time": args.wall_time, "trained_steps": steps}
     if isinstance(model, SpyNet):
