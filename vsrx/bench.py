@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REFERENCE = {"cache": False, "precision": "fp32", "batch": 1, "dcn_impl": "torchvision", "tuned_malloc": False,
@@ -76,8 +76,8 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
     if case.tuned_malloc:
         keep_freed_memory()
     from vsrx.inference import Upscaler, to_uint8
-    from vsrx.models import build_model, convert_alignment, save_model
-    from vsrx.pipeline import UpscaleOptions, pick_device, pick_dtype, upscale
+    from vsrx.models import build_model, save_model
+    from vsrx.pipeline import UpscaleOptions, pick_device, pick_dtype, prepare_model, upscale
 
     dev = pick_device(device)
     dtype = pick_dtype(case.precision, dev)
@@ -89,24 +89,17 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
     h, w = size
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    opts = UpscaleOptions(device=device, precision=case.precision, batch=case.batch, dcn_impl=case.dcn_impl,
+                          cache=case.cache, channels_last=case.channels_last)
     if case.end_to_end:
         tmp = Path(tempfile.mkdtemp())
         make_clip(tmp / "in.mp4", frames, h, w)
-        save_model(model, tmp / "m.safetensors")
-        opts = UpscaleOptions(model=str(tmp / "m.safetensors"), device=device, precision=case.precision,
-                              batch=case.batch, dcn_impl=case.dcn_impl, cache=case.cache, channels_last=case.channels_last)
+        opts = replace(opts, model=str(save_model(model, tmp / "m.safetensors")))
         t0 = time.perf_counter()
         result = upscale(str(tmp / "in.mp4"), str(tmp / "out.mp4"), opts)
         seconds, count = time.perf_counter() - t0, result.frames
     else:
-        if align == "dcn" and (case.dcn_impl == "decomp" or (case.dcn_impl == "auto" and dev.type == "cpu")):
-            model = convert_alignment(model, "decomp", 9)
-        elif case.dcn_impl == "torchvision":
-            for a in model.aligners().values():
-                a.via_torchvision = True
-        model = model.to(dev, dtype)
-        if case.channels_last if case.channels_last is not None else dev.type == "cpu":
-            model.channels_last_tail()
+        model = prepare_model(model, opts, dev, dtype)  # as `vsrx upscale` runs it
         gen = torch.Generator().manual_seed(1)
         clip = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen) for _ in range(min(frames, 16))]
         it = Upscaler(model, batch=case.batch, device=dev, dtype=dtype, cache=case.cache).stream(

@@ -38,7 +38,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Video super-resolution x4 with EDVR models and deformable alignment (dcn, decomp-N, flow)."""
     from vsrx.runtime import keep_freed_memory
 
-    ctx.obj = {"debug": debug, "malloc_tuned": keep_freed_memory()}
+    keep_freed_memory()  # large freed blocks stay in the heap: no page faults per window (vsrx/runtime.py)
+    ctx.obj = {"debug": debug}
 
 
 class FrameProgress:

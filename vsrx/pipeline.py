@@ -109,15 +109,19 @@ def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype
     model = load_model(name, opts.align, opts.offsets, device=device)
     if not isinstance(model, EDVR):
         raise UsageError(f"{name} is not a super-resolution model")
-    asked = model.config
-    if asked.align == "dcn" and (opts.dcn_impl == "decomp" or (opts.dcn_impl == "auto" and device.type == "cpu")):
+    return prepare_model(model, opts, device, dtype), Path(name).name, model.config
+
+
+def prepare_model(model: EDVR, opts: UpscaleOptions, device: torch.device, dtype: torch.dtype) -> EDVR:
+    """How a loaded model runs: its aligners' implementation (`dcn_impl`), layout and dtype."""
+    if model.config.align == "dcn" and (opts.dcn_impl == "decomp" or (opts.dcn_impl == "auto" and device.type == "cpu")):
         model = convert_alignment(model, "decomp", 9)
     elif opts.dcn_impl == "torchvision":
         for aligner in model.aligners().values():
             aligner.via_torchvision = True
     if opts.channels_last if opts.channels_last is not None else device.type == "cpu":
         model.channels_last_tail()
-    return model.to(dtype), Path(name).name, asked
+    return model.to(device, dtype)
 
 
 def frame_range(opts: UpscaleOptions, total: int) -> tuple[int, int]:
