@@ -105,3 +105,16 @@ def test_bad_inputs_raise_usage_errors():
         imresize(torch.zeros(4, 4), 0.0)
     with pytest.raises(UsageError, match="uint8"):
         bicubic_upscale(np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_imresize_equals_cpu(dtype):
+    """The trainer makes LR patches on the GPU: the same taps there as on the CPU, within 1e-5 of
+    full scale (uint8-valued input like a training crop)."""
+    x = torch.rand(2, 7, 3, 64, 72, generator=torch.Generator().manual_seed(0), dtype=dtype).mul_(255).round_()
+    for scale in (0.25, 4.0):
+        cpu = imresize(x, scale)
+        gpu = imresize(x.cuda(), scale)
+        assert gpu.is_cuda and gpu.dtype == dtype and gpu.shape == cpu.shape
+        torch.testing.assert_close(gpu.cpu() / 255, cpu / 255, rtol=0, atol=1e-5)

@@ -50,19 +50,30 @@ def machine(device: str, threads: int) -> dict:
     return info
 
 
-def make_clip(path: Path, frames: int, h: int, w: int) -> None:
-    """A moving-gradient test clip (H.264, 25 fps)."""
-    import av
+def make_clip(path: Path, frames: int, h: int, w: int) -> Path:
+    """A moving-gradient test clip: ``path``.mp4 (H.264, 25 fps), or a folder ``path`` of PNG frames
+    when PyAV is not installed (end to end is then frames in, PNG frames out). Returns its path."""
     import numpy as np
 
+    from vsrx.io import reader
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    images = (np.stack([(xx + 3 * i) % 256, (2 * yy + i) % 256, (xx + yy) % 256], -1).astype(np.uint8) for i in range(frames))
+    if reader.av is None:
+        from vsrx.io.images import write_png
+
+        path.mkdir()
+        for i, img in enumerate(images):
+            write_png(path / f"{i:05d}.png", img)
+        return path
+    av, path = reader.av, path.with_suffix(".mp4")
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        yy, xx = np.mgrid[0:h, 0:w]
-        for i in range(frames):
-            img = np.stack([(xx + 3 * i) % 256, (2 * yy + i) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+        for img in images:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         out.mux(stream.encode(None))
+    return path
 
 
 def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device: str, num_frame: int,
@@ -93,11 +104,12 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
                           cache=case.cache, channels_last=case.channels_last)
     if case.end_to_end:
         tmp = Path(tempfile.mkdtemp())
-        make_clip(tmp / "in.mp4", frames, h, w)
+        src = make_clip(tmp / "in", frames, h, w)
         opts = replace(opts, model=str(save_model(model, tmp / "m.safetensors")))
         t0 = time.perf_counter()
-        result = upscale(str(tmp / "in.mp4"), str(tmp / "out.mp4"), opts)
+        result = upscale(str(src), str(tmp / f"out{src.suffix}"), opts)
         seconds, count = time.perf_counter() - t0, result.frames
+        io = "video" if src.suffix else "frames"
     else:
         model = prepare_model(model, opts, dev, dtype)  # as `vsrx upscale` runs it
         gen = torch.Generator().manual_seed(1)
@@ -116,7 +128,8 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
         seconds = time.perf_counter() - t0
         if dump:
             np.save(dump, first.numpy())
-    result = {**asdict(case), "frames": count, "ms_per_frame": 1000 * seconds / count, "fps": count / seconds,
+    result = {**asdict(case), **({"io": io} if case.end_to_end else {}), "frames": count,
+              "ms_per_frame": 1000 * seconds / count, "fps": count / seconds,
               "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if dev.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20

@@ -39,12 +39,20 @@ def _contributions(in_size: int, out_size: int, scale: float) -> tuple[torch.Ten
     return torch.from_numpy(weights[:, used].copy()), torch.from_numpy(indices[:, used].copy())
 
 
+@lru_cache(maxsize=128)
+def _contributions_on(
+    in_size: int, out_size: int, scale: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_contributions` already on `device` (weights in `dtype`): on a GPU each size's taps are
+    copied once, not on every call (training makes its LR patches on the training device)."""
+    weights, indices = _contributions(in_size, out_size, scale)
+    return weights.to(device=device, dtype=dtype), indices.to(device)
+
+
 def _resize_dim(x: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
     """Resize `x` along `dim` (-2 or -1) to ceil(size * scale) as a weighted sum of gathered taps."""
     in_size = x.shape[dim]
-    weights, indices = _contributions(in_size, math.ceil(in_size * scale), scale)
-    weights = weights.to(device=x.device, dtype=x.dtype)
-    indices = indices.to(x.device)
+    weights, indices = _contributions_on(in_size, math.ceil(in_size * scale), scale, x.device, x.dtype)
 
     def tap(t: int) -> torch.Tensor:
         w = weights[:, t, None] if dim == -2 else weights[:, t]

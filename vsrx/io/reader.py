@@ -9,12 +9,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
-from av.video.reformatter import ColorRange, VideoReformatter
 
-from vsrx.errors import InputError
-from vsrx.io.images import IMAGE_EXTENSIONS, list_images
+from vsrx.errors import InputError, VsrxError
+from vsrx.io.images import IMAGE_EXTENSIONS, list_images, read_image
+
+try:  # PyAV is needed only for video files; frame folders fall back to torchvision's codecs
+    import av
+    from av.video.reformatter import ColorRange, VideoReformatter
+except ImportError:
+    av = None
 
 
 UNSPECIFIED_COLOR = {"color_range": 0, "color_primaries": 2, "color_trc": 2, "colorspace": 2}
@@ -40,8 +44,16 @@ class Frame:
         return self.rgb.dtype.itemsize * 8
 
 
+def require_av(what: str) -> None:
+    """Raise a one-line VsrxError when PyAV, which `what` needs, is not installed."""
+    if av is None:
+        raise VsrxError(f"{what} needs PyAV, which is not installed: pip install av")
+
+
 def format_bits(pix_fmt: str | None) -> int:
     """Largest bits per colour component of an FFmpeg pixel format (8 when unknown)."""
+    if av is None:  # without PyAV only 8-bit frames are read
+        return 8
     try:
         return max((c.bits for c in av.VideoFormat(pix_fmt).components), default=8) if pix_fmt else 8
     except (ValueError, av.FFmpegError):
@@ -111,6 +123,7 @@ class VideoSource(FrameSource):
     """
 
     def __init__(self, path: Path, keep_bit_depth: bool = False) -> None:
+        require_av(f"reading {path}")
         self.path = path
         self.keep_bit_depth = keep_bit_depth
         with _open_media(path) as container:
@@ -202,11 +215,7 @@ class FolderSource(FrameSource):
     def __init__(self, path: Path, keep_bit_depth: bool = False) -> None:
         self.path = path
         self.keep_bit_depth = keep_bit_depth
-        self.files = list_images(path)
-        if not self.files:
-            raise InputError(
-                f"{path}: no image frames ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder"
-            )
+        self.files = _frame_files(path)
         self.num_frames = len(self.files)
         first = _read_image(self.files[0])
         self.width, self.height = first.width, first.height
@@ -218,12 +227,34 @@ class FolderSource(FrameSource):
         reformatter = VideoReformatter()
         for index, file in enumerate(self.files):
             image = _read_image(file)
-            if (image.width, image.height) != (self.width, self.height):
-                raise InputError(
-                    f"{file.name} is {image.width}x{image.height} but {self.files[0].name} is "
-                    f"{self.width}x{self.height}; all frames in a folder must share one size"
-                )
+            self._check_size(file, image.width, image.height)
             rgb = reformatter.reformat(image, format=self.rgb_format, src_color_range=image.color_range).to_ndarray()
+            self.decoded = index + 1
+            yield Frame(index, rgb, None, None)
+
+    def _check_size(self, file: Path, width: int, height: int) -> None:
+        if (width, height) != (self.width, self.height):
+            raise InputError(
+                f"{file.name} is {width}x{height} but {self.files[0].name} is "
+                f"{self.width}x{self.height}; all frames in a folder must share one size"
+            )
+
+
+class PlainFolderSource(FolderSource):
+    """A frame folder decoded by torchvision's codecs to 8-bit RGB: what `open_source` uses when
+    PyAV is not installed (GPU machines without it; 16-bit frames need PyAV)."""
+
+    def __init__(self, path: Path, keep_bit_depth: bool = False) -> None:
+        self.path, self.keep_bit_depth, self.color = path, False, {}
+        self.files = _frame_files(path)
+        self.num_frames, self.pix_fmt = len(self.files), "rgb24"
+        self.height, self.width = read_image(self.files[0]).shape[:2]
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.decoded = 0
+        for index, file in enumerate(self.files):
+            rgb = read_image(file)
+            self._check_size(file, rgb.shape[1], rgb.shape[0])
             self.decoded = index + 1
             yield Frame(index, rgb, None, None)
 
@@ -236,10 +267,18 @@ def open_source(path: str | Path, keep_bit_depth: bool = False) -> FrameSource:
     """
     path = Path(path)
     if path.is_dir():
-        return FolderSource(path, keep_bit_depth)
+        return (FolderSource if av is not None else PlainFolderSource)(path, keep_bit_depth)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     return VideoSource(path, keep_bit_depth)
+
+
+def _frame_files(path: Path) -> list[Path]:
+    """The image files of a frame folder in natural order; InputError when there are none."""
+    files = list_images(path)
+    if not files:
+        raise InputError(f"{path}: no image frames ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder")
+    return files
 
 
 def _open_media(path: Path) -> av.container.InputContainer:

@@ -18,13 +18,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import av
 import numpy as np
-from av.codec.context import Flags
-from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from vsrx.errors import UsageError
-from vsrx.io.reader import FrameSource, format_bits
+from vsrx.io.images import write_png
+from vsrx.io.reader import FrameSource, format_bits, require_av
+
+try:  # PyAV is needed only for video files; frame folders fall back to torchvision's PNG encoder
+    import av
+    from av.codec.context import Flags
+    from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
+except ImportError:
+    av = None
 
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
 """Output extension -> FFmpeg muxer."""
@@ -118,6 +123,7 @@ class VideoSink(_Sink):
         subtitles: bool = True,
         overwrite: bool = False,
     ) -> None:
+        require_av(f"writing {path}")
         suffix = Path(path).suffix.lower()
         if suffix not in VIDEO_FORMATS:
             raise UsageError(
@@ -400,6 +406,30 @@ class FrameFolderSink(_Sink):
             out.close()
 
 
+class PlainFrameFolderSink(FrameFolderSink):
+    """8-bit PNG frames written by torchvision's libpng encoder: what `open_sink` uses for a frame
+    folder when PyAV is not installed (16-bit frames need PyAV)."""
+
+    _shape: tuple[int, ...] | None = None
+
+    def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
+        """Write one uint8 HxWx3 frame as the next PNG; timestamps are not stored."""
+        _check_frame(rgb)
+        if rgb.dtype != np.uint8:
+            require_av("writing 16-bit PNG frames")
+        self._shape = self._shape or rgb.shape
+        if rgb.shape != self._shape:
+            raise ValueError(f"frame is {rgb.shape[1]}x{rgb.shape[0]}, earlier frames are {self._shape[1]}x{self._shape[0]}")
+        write_png(self._target.temp / f"{self._count:08d}.png", rgb)
+        self._count += 1
+
+    def abort(self) -> None:
+        """Stop writing and delete the partial folder; the target is left untouched."""
+        if not self._closed:
+            self._closed = True
+            self._target.discard()
+
+
 def _check_frame(rgb: np.ndarray) -> None:
     if rgb.dtype not in (np.uint8, np.uint16) or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected a uint8 or uint16 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
@@ -419,7 +449,8 @@ def open_sink(
     """
     suffix = Path(path).suffix.lower()
     if frames or not suffix:
-        return FrameFolderSink(path, source, overwrite=bool(options.get("overwrite", False)))
+        sink = FrameFolderSink if av is not None else PlainFrameFolderSink
+        return sink(path, source, overwrite=bool(options.get("overwrite", False)))
     if suffix not in VIDEO_FORMATS:
         raise UsageError(
             f"unknown output extension {suffix!r}; "
