@@ -137,7 +137,7 @@ def upscale(src: str, dst: str, as_frames: bool, encoder_options: tuple[str, ...
 @click.option("--synthetic-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of samples rendered with synthetic motion (exact flow) from still frames of the data.")
 @click.option("--exclude", multiple=True, help="Clip or file names to leave out (repeatable), e.g. held-out clips.")
 @click.option("--out", default="runs/vsrx", show_default=True, help="Run directory: checkpoints, metrics, final weights.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
+@click.option("--resume", "resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its saved config.json and newest checkpoint; only --iters, --time-limit, --root, --device, --workers, --log-every, --save-every, --val-every and --keep may be given with it.")
 @click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]), default="edvr-m", show_default=True)
 @click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), default="dcn", show_default=True)
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group (decomp; 9 for dcn, 1 for flow).")
@@ -153,6 +153,9 @@ def upscale(src: str, dst: str, as_frames: bool, encoder_options: tuple[str, ...
 @click.option("--lr", type=float, default=4e-4, show_default=True, help="Peak learning rate (Adam, betas 0.9/0.99).")
 @click.option("--restarts", type=click.IntRange(1), default=4, show_default=True, help="Cosine annealing periods.")
 @click.option("--eta-min", type=float, default=1e-7, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), help="Linear learning-rate warm-up steps (default: 0; SPyNet 200).")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="Decay of an exponential moving average of the weights, e.g. 0.999 (0: off); the saved weights are the average.")
+@click.option("--time-limit", type=click.FloatRange(0, min_open=True), help="Seconds of training after which the run saves a checkpoint and its weights and ends.")
 @click.option("--grad-clip", type=float, help="Clip the gradient norm to this value.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto: fp16 AMP on CUDA, fp32 on CPU.")
 @click.option("--offset-fidelity", type=float, default=0.0, show_default=True, help="Offset-fidelity loss weight lambda (0: off).")
@@ -165,39 +168,21 @@ def upscale(src: str, dst: str, as_frames: bool, encoder_options: tuple[str, ...
 @click.option("--val-frames", type=click.IntRange(1), default=30, show_default=True, help="Frames per validation clip.")
 @click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--save-every", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints kept.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(0), help="Data-loading processes (default: 0 on CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank).")
 @click.option("--task", type=click.Choice(["sr", "flow"]), default="sr", show_default=True, help="sr: an EDVR model; flow: SPyNet on synthetic motion with exact flow.")
-@click.option("--max-motion", type=float, help="flow task: camera speed bound in pixels per frame (default 8).")
+@click.option("--max-motion", type=float, default=8.0, show_default=True, help="flow task: camera speed bound in pixels per frame.")
 @click.pass_context
-def train(ctx: click.Context, resume: bool, task: str, max_motion: float | None, **options) -> None:
+def train(ctx: click.Context, resume: str | None, task: str, **options) -> None:
     """Train an EDVR model (the paper's recipe by default) or SPyNet (--task flow); resumable, DDP under torchrun."""
+    from vsrx.train import start_training
+
     log = lambda msg: err_console.log(msg, highlight=False)  # noqa: E731
-    options["exclude"] = tuple(options["exclude"])
-    options["val"] = tuple(options["val"])
-    given = {k for k in options if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-    if task == "flow":
-        from vsrx.train.flow import FlowTrainConfig, train_flow
-
-        shared = {"dataset", "root", "exclude", "out", "init_from", "iters", "batch", "patch", "lr", "restarts",
-                  "grad_clip", "val_every", "log_every", "save_every", "seed", "workers", "device"}
-        unused = sorted(given - shared)
-        if unused:
-            raise UsageError(f"--task flow does not use --{unused[0].replace('_', '-')}")
-        flow_options = {k: options[k] for k in given} | ({"max_motion": max_motion} if max_motion else {})
-        if "out" not in given:
-            flow_options["out"] = "runs/spynet"
-        click.echo(f"weights: {train_flow(FlowTrainConfig(**flow_options), resume=resume, log=log)}")
-        return
-    if max_motion is not None:
-        raise UsageError("--max-motion is for --task flow")
-    from vsrx.train.trainer import TrainConfig, train as run_training
-
-    if options["frames"] % 2 == 0:
-        raise UsageError(f"--frames must be odd, got {options['frames']}")
-    path = run_training(TrainConfig(**options), resume=resume, log=log)
-    click.echo(f"weights: {path}")
+    given = {k: tuple(v) if isinstance(v, tuple) else v for k, v in options.items()
+             if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    click.echo(f"weights: {start_training(task, given, resume, log)}")
 
 
 @main.command(name="eval")
