@@ -137,8 +137,12 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
 
 
 def bench(cases: list[Case], preset: str = "edvr-s", size: tuple[int, int] = (180, 320), frames: int = 8,
-          device: str = "auto", num_frame: int = 7, threads: int | None = None, report=print) -> dict:
-    """Run each mode's naive reference and every case, each in a fresh process; returns {machine, results}."""
+          device: str = "auto", num_frame: int = 7, threads: int | None = None, report=print,
+          keep_going: bool = False) -> dict:
+    """Run each mode's naive reference and every case, each in a fresh process; returns {machine, results}.
+
+    A failing case raises RuntimeError, or with ``keep_going`` becomes a result with an ``error``
+    (e.g. out of GPU memory) and the other cases still run."""
     import numpy as np
 
     threads = threads or os.cpu_count() or 1
@@ -151,17 +155,23 @@ def bench(cases: list[Case], preset: str = "edvr-s", size: tuple[int, int] = (18
             spec = json.dumps({"case": asdict(case), "preset": preset, "size": size, "frames": frames, "device": device,
                                "num_frame": num_frame, "dump": dump})
             proc = subprocess.run([sys.executable, "-m", "vsrx.bench", spec], capture_output=True, text=True, env=env)
-            if proc.returncode:
-                raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr[-2000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
             key = (case.mode, case.end_to_end)
+            if proc.returncode:
+                if not keep_going:
+                    raise RuntimeError(f"benchmark case {case} failed:\n{proc.stderr[-2000:]}")
+                results.append({**asdict(case), "reference": key not in refs, "error": proc.stderr.strip()[-300:]})
+                refs.setdefault(key, None)  # a failed reference: later cases of its mode carry no ratio
+                report(results[-1])
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["reference"] = key not in refs
             if r["reference"]:
                 refs[key] = (r, dump)
-            ref, ref_dump = refs[key]
-            r["speedup"] = r["fps"] / ref["fps"]
-            if dump:  # largest output difference from the same model's naive run, in grey levels
-                r["max_diff"] = int(np.abs(np.load(dump).astype(np.int16) - np.load(ref_dump).astype(np.int16)).max())
+            if refs[key] is not None:
+                ref, ref_dump = refs[key]
+                r["speedup"] = r["fps"] / ref["fps"]
+                if dump:  # largest output difference from the same model's naive run, in grey levels
+                    r["max_diff"] = int(np.abs(np.load(dump).astype(np.int16) - np.load(ref_dump).astype(np.int16)).max())
             results.append(r)
             report(r)
     return {"machine": machine(device, threads), "preset": preset, "lr_size": list(size), "num_frame": num_frame,
