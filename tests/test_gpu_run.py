@@ -84,7 +84,7 @@ def test_train_ran_twice_with_resume_and_returned_weights(dry_run):
     report, out, _ = dry_run
     runs = report["stages"]["train"]["runs"]
     assert set(runs) == {"edvr-s-decomp5", "edvr-m-decomp5"}
-    for name, run in runs.items():
+    for run in runs.values():
         first, second = run["phases"]
         assert first["exit_code"] == second["exit_code"] == 0
         assert "--time-limit" in first["command"] and "--resume" in second["command"]
