@@ -7,6 +7,7 @@ import traceback
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 import vsrx
 from vsrx.errors import UsageError, VsrxError
@@ -23,7 +24,7 @@ class VsrxGroup(click.Group):
         except VsrxError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            err_console.print(f"[bold red]vsrx: error:[/] {e}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]vsrx: error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             err_console.print("vsrx: interrupted; nothing was written at the output path")
@@ -276,7 +277,7 @@ def models(as_json: bool) -> None:
             name: {**entry, "present": (zoo.WEIGHTS_DIR / entry["file"]).is_file()} for name, entry in entries.items()}}, indent=2))
         return
     if not entries:
-        click.echo("no pretrained models are bundled yet (weights/manifest.json is missing)")
+        click.echo(f"no pretrained models are bundled ({zoo.WEIGHTS_DIR / 'manifest.json'} is missing)")
         return
     table = Table(title=f"vsrx model zoo ({zoo.WEIGHTS_DIR})")
     for column in ("name", "mode", "N", "G", "frames", "params", "Vimeo Y gain", "bikes Y gain", "file"):
@@ -373,6 +374,29 @@ def convert(src: str, dst: str, arch: str | None, num_frame: int | None, overwri
     config = getattr(model, "config", None)
     what = f"EDVR {config.mode_name}, {config.num_feat} features, {config.num_frame} frames, G={config.groups}, TSA {'on' if config.with_tsa else 'off'}" if config else type(model).__name__
     click.echo(f"wrote {path} ({what}, {params:,} parameters)")
+
+
+@main.command(name="export")
+@click.argument("model")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn exports as its exact decomp-9 form).")
+@click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
+@click.option("--opset", type=click.IntRange(16), default=17, show_default=True, help="ONNX opset (GridSample needs 16 or later).")
+@click.option("--fp16", is_flag=True, help="Half-precision weights and activations between float32 input and output (aligners sample in float32).")
+@click.option("--layout", type=click.Choice(["btchw", "bchw"]), default="btchw", show_default=True,
+              help="Input (batch, T, 3, H, W), or (batch, 3T, H, W) with the frames stacked on channels (vs-mlrt).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export(model: str, out: str, align: str | None, offsets: int | None, opset: int, fp16: bool, layout: str, overwrite: bool) -> None:
+    """Export MODEL (zoo name or .safetensors) to ONNX: one LR window in [0, 1] -> (batch, 3, 4H, 4W),
+    dynamic batch, height and width (multiples of 4), standard ONNX operators only; checked with onnxruntime."""
+    from vsrx.export import export_onnx, require_onnx
+
+    require_onnx()
+    from vsrx.models import load_model
+
+    r = export_onnx(load_model(model, align, offsets), out, layout=layout, opset=opset, fp16=fp16, overwrite=overwrite)
+    click.echo(f"wrote {r.path} ({r.mode}, T={r.num_frame}, layout {r.layout}, opset {r.opset}, {'fp16' if r.fp16 else 'fp32'}, "
+               f"{r.bytes / 1e6:.1f} MB); onnxruntime vs PyTorch fp32: largest difference {r.max_diff:.1e}")
 
 
 if __name__ == "__main__":
