@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import sys
-import traceback
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 import vsrx
 from vsrx.errors import UsageError, VsrxError
 
-err_console = Console(stderr=True, highlight=False, log_path=False)
+
+class LazyConsole:
+    """rich's stderr console, made on first use: `vsrx --help` and `--version` need not import rich."""
+
+    def __init__(self, **options) -> None:
+        self.options, self.real = options, None
+
+    def get(self):
+        """The rich Console itself, for rich objects that take one."""
+        if self.real is None:
+            from rich.console import Console
+
+            self.real = Console(**self.options)
+        return self.real
+
+    def __getattr__(self, name: str):
+        return getattr(self.get(), name)
+
+
+err_console = LazyConsole(stderr=True, highlight=False, log_path=False)
 
 
 class VsrxGroup(click.Group):
@@ -23,7 +39,11 @@ class VsrxGroup(click.Group):
             return super().invoke(ctx)
         except VsrxError as e:
             if ctx.obj and ctx.obj.get("debug"):
+                import traceback
+
                 traceback.print_exc()
+            from rich.markup import escape
+
             err_console.print(f"[bold red]vsrx: error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
@@ -61,7 +81,7 @@ class FrameProgress:
         if self.bar is None:
             self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                                 TextColumn("{task.fields[fps]:.2f} fps"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), console=err_console)
+                                TimeRemainingColumn(), console=err_console.get())
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=total, fps=0.0)
         elapsed = self.bar.tasks[0].elapsed or 1e-9
@@ -209,6 +229,8 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
     """Score models against bicubic on REDS4, Vid4, Vimeo-90K-T, a frame folder or videos (x4, the field's protocol)."""
     from pathlib import Path
 
+    from rich.console import Console
+
     from vsrx.evaluate.datasets import open_dataset
     from vsrx.evaluate.runner import evaluate, render_table, write_csv, write_json
     from vsrx.pipeline import model_rows
@@ -267,6 +289,7 @@ def models(as_json: bool) -> None:
     """List the pretrained model zoo: mode, offsets, parameters, quality against bicubic, file present."""
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from vsrx.models import zoo
@@ -323,6 +346,7 @@ def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, d
     torchvision DCN, fp32, batch 1, default allocator); "max diff" is the largest output difference from it in grey levels."""
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from vsrx.bench import Case, bench as run_bench
