@@ -26,10 +26,9 @@ from vsrx.models import EDVR, convert_alignment
 from vsrx.models.weights import atomic_write
 
 INSTALL_HINT = 'onnx export needs the onnx extra: pip install "vsrx[onnx]" (onnx and onnxruntime)'
-LAYOUTS = {
-    "btchw": "(batch, T, 3, H, W): EDVR's own layout",
-    "bchw": "(batch, 3T, H, W): the T frames' RGB planes stacked on channels, as vs-mlrt passes a list of T clips",
-}
+# btchw: (batch, T, 3, H, W), EDVR's own; bchw: (batch, 3T, H, W), the T frames' RGB planes stacked on
+# channels, which is how vs-mlrt passes a list of T clips (its backends take 4-D input only).
+LAYOUTS = ("btchw", "bchw")
 MIN_OPSET = 16  # GridSample
 INPUT, OUTPUT = "input", "output"  # the names vs-mlrt's TensorRT backend expects
 
@@ -124,20 +123,18 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, layout: str = "btch
                 torch.onnx.export(graph, (sample,), buffer, input_names=[INPUT], output_names=[OUTPUT],
                                   opset_version=opset, dynamic_axes=axes, dynamo=False)
             except Exception as e:  # noqa: BLE001 (the exporter raises many types; its message says what failed)
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ModelError(f"ONNX export failed at opset {opset}: {first}") from None
+                raise ModelError(f"ONNX export failed at opset {opset}: {first_line(e)}") from None
         data = buffer.getvalue()
-        proto = onnx.load_from_string(data)
-        onnx.checker.check_model(proto)
-        ops.extend(graph_ops(proto))
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures surface as the exception below, not as log lines
         try:
+            proto = onnx.load_from_string(data)
+            onnx.checker.check_model(proto)
             session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
             got = session.run(None, {INPUT: window.numpy()})[0]
-        except Exception as e:  # noqa: BLE001 (onnxruntime's errors have no common public base)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ModelError(f"onnxruntime cannot run the exported graph at {check_size[0]}x{check_size[1]}: {first}") from None
+        except Exception as e:  # noqa: BLE001 (onnx's and onnxruntime's errors have no common public base)
+            raise ModelError(f"the exported graph does not check or run at {check_size[0]}x{check_size[1]}: {first_line(e)}") from None
+        ops.extend(graph_ops(proto))
         if got.shape != expected.shape:
             raise ModelError(f"the exported graph gives {got.shape} at the check size, PyTorch {expected.shape}")
         diffs.append(float(abs(got - expected).max()))
@@ -151,6 +148,10 @@ def window_input(batch: int, num_frame: int, size: tuple[int, int], layout: str,
     """A random LR window in the graph's input layout."""
     x = torch.rand(batch, num_frame, 3, *size, generator=generator)
     return x.flatten(1, 2) if layout == "bchw" else x
+
+
+def first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def graph_ops(proto) -> list[str]:
