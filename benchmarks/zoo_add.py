@@ -1,4 +1,4 @@
-"""Measure a trained model on the held-out sets and register it in weights/manifest.json.
+"""Measure a trained model on the held-out sets and register it in vsrx/weights/manifest.json.
 
     python benchmarks/zoo_add.py runs/decomp5 --name edvr-s-decomp5 --family edvr-s --default \
         --data ../shared/data --hardware "2-core CPU" --notes "..."
@@ -6,7 +6,8 @@
 Held-out sets (never trained on): the four DAVIS clips of heldout/davis (854x480 camera footage,
 every frame, the Vid4 protocol; the main yardstick), the Vimeo-90K septuplets sequences/00002/*
 (Vimeo-90K-T protocol: im4 scored) and bikes.mp4 (all frames). All are x4 with MATLAB-bicubic LR,
-scored next to bicubic on Y and RGB. The weights are copied to weights/<name>-<sha256[:8]>.safetensors.
+scored next to bicubic on Y and RGB. The weights are copied to vsrx/weights/<name>-<sha256[:8]>.safetensors
+(the zoo folder, `vsrx.models.zoo.WEIGHTS_DIR`: package data that wheels carry; VSRX_WEIGHTS overrides).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def main() -> None:
     if args.default:
         manifest["default"] = args.name
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"registered {args.name} -> weights/{filename}")
+    print(f"registered {args.name} -> {zoo.WEIGHTS_DIR / filename}")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import sys
-import traceback
 
 import click
-from rich.console import Console
 
 import vsrx
 from vsrx.errors import UsageError, VsrxError
 
-err_console = Console(stderr=True, highlight=False, log_path=False)
+
+class LazyConsole:
+    """rich's stderr console, made on first use: `vsrx --help` and `--version` need not import rich."""
+
+    def __init__(self, **options) -> None:
+        self.options, self.real = options, None
+
+    def get(self):
+        """The rich Console itself, for rich objects that take one."""
+        if self.real is None:
+            from rich.console import Console
+
+            self.real = Console(**self.options)
+        return self.real
+
+    def __getattr__(self, name: str):
+        return getattr(self.get(), name)
+
+
+err_console = LazyConsole(stderr=True, highlight=False, log_path=False)
 
 
 class VsrxGroup(click.Group):
@@ -22,8 +39,12 @@ class VsrxGroup(click.Group):
             return super().invoke(ctx)
         except VsrxError as e:
             if ctx.obj and ctx.obj.get("debug"):
+                import traceback
+
                 traceback.print_exc()
-            err_console.print(f"[bold red]vsrx: error:[/] {e}", markup=True, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]vsrx: error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             err_console.print("vsrx: interrupted; nothing was written at the output path")
@@ -60,7 +81,7 @@ class FrameProgress:
         if self.bar is None:
             self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                                 TextColumn("{task.fields[fps]:.2f} fps"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), console=err_console)
+                                TimeRemainingColumn(), console=err_console.get())
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=total, fps=0.0)
         elapsed = self.bar.tasks[0].elapsed or 1e-9
@@ -208,6 +229,8 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
     """Score models against bicubic on REDS4, Vid4, Vimeo-90K-T, a frame folder or videos (x4, the field's protocol)."""
     from pathlib import Path
 
+    from rich.console import Console
+
     from vsrx.evaluate.datasets import open_dataset
     from vsrx.evaluate.runner import evaluate, render_table, write_csv, write_json
     from vsrx.pipeline import model_rows
@@ -266,6 +289,7 @@ def models(as_json: bool) -> None:
     """List the pretrained model zoo: mode, offsets, parameters, quality against bicubic, file present."""
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from vsrx.models import zoo
@@ -276,7 +300,7 @@ def models(as_json: bool) -> None:
             name: {**entry, "present": (zoo.WEIGHTS_DIR / entry["file"]).is_file()} for name, entry in entries.items()}}, indent=2))
         return
     if not entries:
-        click.echo("no pretrained models are bundled yet (weights/manifest.json is missing)")
+        click.echo(f"no pretrained models are bundled ({zoo.WEIGHTS_DIR / 'manifest.json'} is missing)")
         return
     table = Table(title=f"vsrx model zoo ({zoo.WEIGHTS_DIR})")
     for column in ("name", "mode", "N", "G", "frames", "params", "Vimeo Y gain", "bikes Y gain", "file"):
@@ -322,6 +346,7 @@ def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, d
     torchvision DCN, fp32, batch 1, default allocator); "max diff" is the largest output difference from it in grey levels."""
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from vsrx.bench import Case, bench as run_bench
@@ -373,6 +398,29 @@ def convert(src: str, dst: str, arch: str | None, num_frame: int | None, overwri
     config = getattr(model, "config", None)
     what = f"EDVR {config.mode_name}, {config.num_feat} features, {config.num_frame} frames, G={config.groups}, TSA {'on' if config.with_tsa else 'off'}" if config else type(model).__name__
     click.echo(f"wrote {path} ({what}, {params:,} parameters)")
+
+
+@main.command(name="export")
+@click.argument("model")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn exports as its exact decomp-9 form).")
+@click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
+@click.option("--opset", type=click.IntRange(16), default=17, show_default=True, help="ONNX opset (GridSample needs 16 or later).")
+@click.option("--fp16", is_flag=True, help="Half-precision weights and activations between float32 input and output (aligners sample in float32).")
+@click.option("--layout", type=click.Choice(["btchw", "bchw"]), default="btchw", show_default=True,
+              help="Input (batch, T, 3, H, W), or (batch, 3T, H, W) with the frames stacked on channels (vs-mlrt).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export(model: str, out: str, align: str | None, offsets: int | None, opset: int, fp16: bool, layout: str, overwrite: bool) -> None:
+    """Export MODEL (zoo name or .safetensors) to ONNX: one LR window in [0, 1] -> (batch, 3, 4H, 4W),
+    dynamic batch, height and width (multiples of 4), standard ONNX operators only; checked with onnxruntime."""
+    from vsrx.export import export_onnx, require_onnx
+
+    require_onnx()
+    from vsrx.models import load_model
+
+    r = export_onnx(load_model(model, align, offsets), out, layout=layout, opset=opset, fp16=fp16, overwrite=overwrite)
+    click.echo(f"wrote {r.path} ({r.mode}, T={r.num_frame}, layout {r.layout}, opset {r.opset}, {'fp16' if r.fp16 else 'fp32'}, "
+               f"{r.bytes / 1e6:.1f} MB); onnxruntime vs PyTorch fp32: largest difference {r.max_diff:.1e}")
 
 
 if __name__ == "__main__":
