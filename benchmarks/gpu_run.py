@@ -385,9 +385,11 @@ def summary(report: dict) -> list[str]:
     """A few lines for the device tool's output tail."""
     lines = []
     for stage, entry in report["stages"].items():
-        lines.append(f"{stage}: {entry.get('status')} ({entry.get('seconds')} s)")
+        note = f" - {entry['error'] if 'error' in entry else entry.get('reason', '')}" if "error" in entry or "reason" in entry else ""
+        lines.append(f"{stage}: {entry.get('status')} ({entry.get('seconds')} s){note}")
         for name, r in entry.get("checks", {}).items():
-            lines.append(f"  {name}: {r.get('status')}" + (f" - {r['brief']}" if r.get("brief") else ""))
+            note = r.get("brief") or r.get("error") or r.get("reason")
+            lines.append(f"  {name}: {r.get('status')}" + (f" - {str(note)[:200]}" if note else ""))
         for name, r in entry.get("runs", {}).items():
             p = r["phases"][-1] if r["phases"] else {}
             lines.append(f"  {name}: exit {p.get('exit_code')}, step {p.get('steps_end')}, {p.get('it_per_s', 0):.2f} it/s, "
@@ -526,7 +528,7 @@ def compare(a: list, b: list) -> dict:
 
     import numpy as np
 
-    diffs = [np.abs(x.astype(np.int16) - y.astype(np.int16)) for x, y in zip(a, b)]
+    diffs = [np.abs(x.astype(np.int16) - y.astype(np.int16)) for x, y in zip(a, b, strict=False)]
     mse = float(np.mean([np.mean(d.astype(np.float64) ** 2) for d in diffs]))
     return {"frames": [len(a), len(b)], "max_diff": int(max(d.max() for d in diffs)),
             "mean_abs_diff": float(np.mean([d.mean() for d in diffs])), "over_1": float(np.mean([(d > 1).mean() for d in diffs])),
