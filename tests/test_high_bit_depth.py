@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from clips import deep_pattern, make_clip, make_deep_clip, make_frame_folder, write_png16
+from faults import fail_on_call
 from torchvision import io as tvio
 
 import vsrx.inference as inference
@@ -278,15 +279,7 @@ def test_ten_bit_video_resumed_from_segments_equals_one_run(tmp_path, model_path
     src = make_deep_clip(tmp_path / "in.mkv", frames=6)
     args = ["--model", model_path, "--quiet", "--segment-frames", "2", "--codec", "ffv1"]
     assert run("upscale", src, tmp_path / "ref.mkv", *args).exit_code == 0
-    original, calls = Upscaler._run, {"n": 0}
-
-    def crash_at_4(self, *a):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("crash")
-        return original(self, *a)
-
-    monkeypatch.setattr(Upscaler, "_run", crash_at_4)
+    fail_on_call(monkeypatch, Upscaler, "_run", at=4)
     assert run("upscale", src, tmp_path / "out.mkv", *args).exit_code != 0
     monkeypatch.undo()
     result = run("upscale", src, tmp_path / "out.mkv", *args, "--resume")

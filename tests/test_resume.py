@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from clips import make_clip, make_frame_folder, make_undecodable
+from faults import fail_on_call
 from vsrx.cli import main
 from vsrx.models import EDVR, EDVRConfig, save_model
 
@@ -51,20 +52,6 @@ def snapshot(folder):
 
 def hidden(folder):
     return [p.name for p in folder.iterdir() if p.name.startswith(".")]
-
-
-def fail_partway(monkeypatch, target, at):
-    """Make `target` (module, name) raise on its `at`-th call, like a crash mid-run."""
-    module, name = target
-    original, calls = getattr(module, name), {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == at:
-            raise RuntimeError("power cut")
-        return original(*a, **k)
-
-    monkeypatch.setattr(module, name, flaky)
 
 
 SLOW = ("import sys, time; import vsrx.inference as i; run = i.Upscaler._run; "
@@ -133,7 +120,7 @@ def test_resume_refuses_other_input_model_or_options_and_then_continues(tmp_path
     args = ["--model", model_path, "--segment-frames", "2", "--quiet"]
     assert run("upscale", src, tmp_path / "ref.mkv", *args).exit_code == 0
     out, job = tmp_path / "out.mkv", tmp_path / ".out.mkv.vsrx-job"
-    fail_partway(monkeypatch, (vsrx.inference.Upscaler, "_run"), at=6)
+    fail_on_call(monkeypatch, vsrx.inference.Upscaler, "_run", at=6)
     crashed = run("upscale", src, out, *args)
     monkeypatch.undo()
     assert crashed.exit_code != 0 and "--resume" in crashed.output and not out.exists()
@@ -158,7 +145,7 @@ def test_resume_refuses_other_input_model_or_options_and_then_continues(tmp_path
     assert out.read_bytes() == (tmp_path / "ref.mkv").read_bytes()
     assert hidden(tmp_path) == []
     # --overwrite (without --resume) drops an unfinished job and starts again
-    fail_partway(monkeypatch, (vsrx.inference.Upscaler, "_run"), at=6)
+    fail_on_call(monkeypatch, vsrx.inference.Upscaler, "_run", at=6)
     assert run("upscale", src, tmp_path / "again.mkv", *args).exit_code != 0
     monkeypatch.undo()
     result = run("upscale", src, tmp_path / "again.mkv", *args, "--overwrite", "--json")
@@ -171,7 +158,7 @@ def test_frame_folder_resumes_by_frame(tmp_path, model_path, monkeypatch):
     src = make_frame_folder(tmp_path / "frames", frames=10, size=(20, 12))
     args = ["--model", model_path, "--batch", "2", "--quiet"]
     assert run("upscale", src, tmp_path / "ref", *args).exit_code == 0
-    fail_partway(monkeypatch, (vsrx.io.job, "write_png_frame"), at=4)  # 3 frames written, then a crash
+    fail_on_call(monkeypatch, vsrx.io.job, "write_png_frame", at=4)  # 3 frames written, then a crash
     assert run("upscale", src, tmp_path / "sr", *args).exit_code != 0
     monkeypatch.undo()
     assert len(list((tmp_path / ".sr.vsrx-job" / "frames").iterdir())) == 3

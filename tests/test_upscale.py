@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from clips import deep_pattern, make_clip, make_frame_folder, truncate, write_png16
+from faults import fail_on_call
 from vsrx.cli import main
 from vsrx.models import EDVR, EDVRConfig, save_model
 
@@ -90,19 +91,10 @@ def test_failure_mid_way_leaves_nothing_at_the_target(tmp_path, model_path, monk
     from vsrx.inference import Upscaler
 
     src = make_clip(tmp_path / "in.mp4", frames=8, size=(16, 16))
-    calls = {"n": 0}
-    original = Upscaler._run
-
-    def flaky(self, *a):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise exc
-        return original(self, *a)
-
-    monkeypatch.setattr(Upscaler, "_run", flaky)
     for out in (tmp_path / "out.mp4", tmp_path / "frames_out"):
-        calls["n"] = 0
+        fail_on_call(monkeypatch, Upscaler, "_run", at=3, exc=exc)
         result = CliRunner().invoke(main, ["upscale", str(src), str(out), "--model", model_path])
+        monkeypatch.undo()
         assert result.exit_code != 0
         assert not out.exists()
     # the video's one segment was not finished: no job left; the frame folder keeps its 2 frames
@@ -158,15 +150,7 @@ def test_torchrun_two_processes_match_single(tmp_path, model_path, monkeypatch, 
     if not deep:  # a crash after 3 frames: segment 0 done, segment 1 half written
         from vsrx.inference import Upscaler
 
-        original, calls = Upscaler._run, {"n": 0}
-
-        def flaky(self, *a):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise RuntimeError("crash")
-            return original(self, *a)
-
-        monkeypatch.setattr(Upscaler, "_run", flaky)
+        fail_on_call(monkeypatch, Upscaler, "_run", at=4)
         assert CliRunner().invoke(main, [*args[:2], str(tmp_path / "two"), *args[2:]]).exit_code != 0
         monkeypatch.undo()
         assert len(list((tmp_path / ".two.vsrx-job" / "frames").iterdir())) == 3

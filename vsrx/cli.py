@@ -73,6 +73,12 @@ class FrameProgress:
             self.bar.stop()
             self.bar = None
 
+    def restart(self, label: str) -> "FrameProgress":
+        """End the current bar; the next call starts a new one with this label (the next file)."""
+        self.__exit__()
+        self.label = label
+        return self
+
 
 def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
     options = {}
@@ -154,15 +160,8 @@ def upscale(paths: tuple[str, ...], out_dir: str | None, ext: str | None, dry_ru
         elif not quiet:
             click.echo(summary_line(result))
         return
-    bar = FrameProgress("", enabled=not quiet and not as_json)
-
-    def progress(name: str):
-        bar.__exit__()
-        bar.label = f"upscaling {name}"
-        return bar
-
-    outcomes = upscale_many(list(paths), out_dir, opts, ext, progress, note)
-    bar.__exit__()
+    with FrameProgress("", enabled=not quiet and not as_json) as bar:
+        outcomes = upscale_many(list(paths), out_dir, opts, ext, lambda name: bar.restart(f"upscaling {name}"), note)
     if outcomes is None:
         return
     failed = sum(o.status == "failed" for o in outcomes)
@@ -178,7 +177,7 @@ def summary_line(result) -> str:
     """One line for a finished upscale."""
     size = result.bytes / 1e6
     resumed = f" ({result.resumed} resumed, {result.computed} computed)" if result.resumed else ""
-    cuts = f", {len(result.scene_cuts)} scene cuts" if result.scene_cuts else ""
+    cuts = f", {len(result.scene_cuts)} scene cut{'s' if len(result.scene_cuts) > 1 else ''}" if result.scene_cuts else ""
     return (f"{result.frames} frames{resumed}{cuts} in {result.seconds:.1f} s ({result.fps:.2f} fps) with {result.model} "
             f"[{result.mode}, {result.device}, {result.precision}] -> {result.output} ({size:.1f} MB)")
 

@@ -133,20 +133,19 @@ class Job:
     def prepare(self, resume: bool, overwrite: bool) -> int:
         """Create the folder, or take up the one there (`resume`), refusing one that does not fit;
         returns how many frames are already done. Holds the lock until `finish` or `release`."""
-        exists = self.folder.is_dir()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
-            done = self.frames_done() if exists and (self.folder / MANIFEST).is_file() else 0
+            old = Job.load(self.target)  # counted by its own segment plan
+            done = old.frames_done() if old is not None else 0
             if done and resume:
-                old = json.loads((self.folder / MANIFEST).read_text())
-                differs = _difference(old, self.manifest)
+                differs = _difference(old.manifest, self.manifest)
                 if differs:
                     raise UsageError(f"cannot resume {self.target}: {differs}; pass the job's settings, "
                                      f"or --overwrite without --resume to start again")
                 return done
             if done and not overwrite:
-                raise UsageError(f"{self.target}: an unfinished upscale is waiting ({done} of {self.end - self.start} "
+                raise UsageError(f"{self.target}: an unfinished upscale is waiting ({done} of {old.end - old.start} "
                                  f"frames done, in {self.folder.name}); add --resume to continue it, or "
                                  f"--overwrite to start again")
             for entry in self.folder.iterdir():  # nothing worth keeping, or --overwrite: start afresh
@@ -212,7 +211,6 @@ class SegmentWriter:
     def __init__(self, job: Job, source: FrameSource, video: dict[str, Any], cuts: Callable[[], list[int]]) -> None:
         self.job, self.source, self.video, self.cuts = job, source, video, cuts
         self.written = 0
-        self.notes: list[str] = []
         self._segment: int | None = None
         self._sink: VideoSink | None = None
         self._last = -1
@@ -262,7 +260,6 @@ class SegmentWriter:
         if self._sink is not None:
             notes = self._sink.close()
             self._sink = None
-        self.notes += notes
         self.job.mark(n, self._last + 1 - lo, [c for c in self.cuts() if lo <= c < hi], notes)
         self._segment = None
 

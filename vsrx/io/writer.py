@@ -4,6 +4,8 @@ Output goes to a hidden temporary file or folder beside the target and is rename
 only by `close()`; `abort()` (or an exception inside a `with` block) deletes it instead.
 Frames are HxWx3 RGB, uint8 (rgb24) or uint16 (rgb48, 16 bits per component): the latter keep
 the precision of a high-bit-depth source through to a 10/12/16-bit pix_fmt or 16-bit PNGs.
+For resumable jobs (`vsrx.io.job`): `write_png_frame` writes one PNG whole or not at all, and
+`join_videos` concatenates separately encoded parts without re-encoding.
 """
 
 from __future__ import annotations
