@@ -1,11 +1,13 @@
-"""Measure a trained model on the held-out sets and register it in weights/manifest.json.
+"""Measure a trained model on the held-out sets and register it in vsrx/weights/manifest.json.
 
     python benchmarks/zoo_add.py runs/decomp5 --name edvr-s-decomp5 --family edvr-s --default \
         --data ../shared/data --hardware "2-core CPU" --notes "..."
 
-Held-out sets (never trained on): the Vimeo-90K septuplets sequences/00002/* (Vimeo-90K-T
-protocol: im4 scored, Y) and bikes.mp4 (all frames). Both are x4 with MATLAB-bicubic LR, scored
-next to bicubic on Y and RGB. The weights are copied to weights/<name>-<sha256[:8]>.safetensors.
+Held-out sets (never trained on): the four DAVIS clips of heldout/davis (854x480 camera footage,
+every frame, the Vid4 protocol; the main yardstick), the Vimeo-90K septuplets sequences/00002/*
+(Vimeo-90K-T protocol: im4 scored) and bikes.mp4 (all frames). All are x4 with MATLAB-bicubic LR,
+scored next to bicubic on Y and RGB. The weights are copied to vsrx/weights/<name>-<sha256[:8]>.safetensors
+(the zoo folder, `vsrx.models.zoo.WEIGHTS_DIR`: package data that wheels carry; VSRX_WEIGHTS overrides).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def held_out_scores(weights: Path, data: Path) -> dict:
         (root / "sequences" / "00002").symlink_to((data / "vimeo90k_sample" / "sequences" / "00002").resolve())
         names = sorted(p.name for p in (root / "sequences" / "00002").iterdir())
         (root / "sep_testlist.txt").write_text("".join(f"00002/{n}\n" for n in names))
-        sets = {"vimeo90k_00002": open_dataset("vimeo90k-t", [root]), "bikes": open_dataset("video", [data / "bikes.mp4"])}
+        sets = {"davis": open_dataset("vid4", [data / "heldout" / "davis"]),
+                "vimeo90k_00002": open_dataset("vimeo90k-t", [root]), "bikes": open_dataset("video", [data / "bikes.mp4"])}
         scores = {}
         for key, dataset in sets.items():
             result = evaluate(dataset, model_rows((str(weights),), (), (), "cpu", "fp32", 1, "reflection_circle", None))
@@ -73,7 +76,7 @@ def main() -> None:
     else:
         recipe |= {k: train_cfg.get(k) for k in ("dataset", "exclude", "synthetic_fraction", "iters", "restarts", "batch",
                                                  "patch", "lr", "offset_fidelity", "fidelity_threshold", "flow", "seed")}
-        recipe["data"] = "bigbuckbunny.mp4, carphone_pristine.mp4, vimeo90k_sample/sequences/00001 (+ synthetic motion over their frames)"
+        recipe |= {k: train_cfg.get(k) for k in ("root", "init_from", "ema", "warmup", "preset")}
         recipe["max_mean_abs_offset"] = max((max(e["offset_mean"].values()) for e in log if "offset_mean" in e), default=None)
         cfg = model.config
         metrics = held_out_scores(weights, args.data)
@@ -95,7 +98,7 @@ def main() -> None:
     if args.default:
         manifest["default"] = args.name
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"registered {args.name} -> weights/{filename}")
+    print(f"registered {args.name} -> {zoo.WEIGHTS_DIR / filename}")
 
 
 if __name__ == "__main__":

@@ -180,16 +180,15 @@ def test_cli_train_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and "REDS layout expected" in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["train", "--dataset", "videos"])
     assert result.exit_code == 2 and "--root is required" in result.output
-    result = runner.invoke(main, ["train", "--resume", "--out", str(tmp_path / "empty"), "--dataset", "synthetic"])
-    assert result.exit_code == 1 and "no complete checkpoint" in result.output
+    result = runner.invoke(main, ["train", "--resume", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "no config.json" in result.output and "Traceback" not in result.output
 
 
 def test_unreadable_image_names_the_file(tmp_path):
     write_frames(tmp_path / "clip", smooth_frames(3, 32, 32))
     (tmp_path / "clip" / "00000001.png").write_bytes(b"not a png")
-    ds = WindowPatches(load_clips("videos", tmp_path), 3, 8)
     with pytest.raises(InputError, match="00000001.png"):
-        ds[0]
+        load_clips("videos", tmp_path)  # frame folders are decoded when loaded
 
 
 def test_ddp_step_matches_single_process(tmp_path):
@@ -225,3 +224,54 @@ def test_resume_keeps_the_checkpoint_form(tmp_path):
     train(tiny_cfg(tmp_path, align="dcn", offsets=None, iters=2, dcn_impl="decomp"), log=lambda *a: None)
     weights = train(tiny_cfg(tmp_path, align="dcn", offsets=None, iters=3, dcn_impl="torchvision"), resume=True, log=lambda *a: None)
     assert load_model(weights).config.align == "dcn"
+
+
+TINY_ARGS = ["--dataset", "synthetic", "--preset", "edvr-s", "--align", "decomp", "--offsets", "2", "--groups", "2",
+             "--frames", "3", "--batch", "2", "--patch", "8", "--seed", "4", "--device", "cpu", "--log-every", "1",
+             "--save-every", "1", "--ema", "0.5"]
+
+
+def test_cli_resume_takes_the_recipe_from_the_run_directory(tmp_path):
+    """`--resume DIR` alone continues a run exactly (EMA included); recipe flags are refused with it."""
+    runner = CliRunner()
+    straight = runner.invoke(main, ["train", *TINY_ARGS, "--iters", "3", "--out", str(tmp_path / "a")])
+    assert straight.exit_code == 0, straight.output
+    first = runner.invoke(main, ["train", *TINY_ARGS, "--iters", "3", "--time-limit", "1e-9", "--out", str(tmp_path / "b")])
+    assert first.exit_code == 0, first.output
+    assert [p.name for p in checkpoints(tmp_path / "b")] == ["step_00000001"]  # stopped by the clock after step 1
+    refused = runner.invoke(main, ["train", "--resume", str(tmp_path / "b"), "--lr", "1"])
+    assert refused.exit_code == 2 and "--lr cannot change" in refused.output
+    resumed = runner.invoke(main, ["train", "--resume", str(tmp_path / "b"), "--save-every", "5"])
+    assert resumed.exit_code == 0, resumed.output
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved["save_every"] == 5 and saved["lr"] == 4e-4 and saved["time_limit"] is None
+
+
+def test_ema_weights_are_the_average_of_the_steps(tmp_path):
+    """With --ema d the deploy weights are the running average: w1 after step 1, d*w1 + (1-d)*w2 after step 2."""
+    train(tiny_cfg(tmp_path, iters=2, save_every=1, ema=0.25), log=lambda *a: None)
+    w1, w2 = (load_file(str(tmp_path / "ckpt" / f"step_0000000{i}" / "model.safetensors")) for i in (1, 2))
+    deployed = load_file(str(tmp_path / "model.safetensors"))
+    changed = [k for k in w1 if not torch.equal(w1[k], w2[k])]
+    assert changed
+    for k in changed:
+        torch.testing.assert_close(deployed[k], 0.25 * w1[k] + 0.75 * w2[k])
+
+
+@pytest.mark.parametrize("synthetic", [0.0, 1.0])
+def test_lr_made_on_the_device_equals_lr_made_by_the_dataset(tmp_path, synthetic):
+    """The GPU path (uint8 HR crops, LR by lr_from_hr on the device) gives the dataset's own LR patches."""
+    from vsrx.train.data import lr_from_hr
+
+    write_frames(tmp_path / "clip", smooth_frames(5, 64, 96))
+    clips = load_clips("videos", tmp_path)
+    on_cpu = WindowPatches(clips, 3, 8, synthetic=synthetic)
+    on_device = WindowPatches(clips, 3, 8, synthetic=synthetic, lr_on_device=True)
+    for index in range(6):
+        a, b = on_cpu[index], on_device[index]
+        assert "lr" not in b and b["hr"].dtype == torch.uint8 and b["hr"].shape == (3, 3, 48, 48)
+        torch.testing.assert_close(lr_from_hr(b["hr"][None])[0], a["lr"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(a["gt"], b["gt"], rtol=0, atol=0)

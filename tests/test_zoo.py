@@ -1,6 +1,7 @@
 """The model zoo: names and families, sha256 checks, `vsrx models`, default model resolution."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +77,25 @@ def test_upscale_uses_the_default_model(fake_zoo, tmp_path):
     assert summary["model"] == "t-decomp5" and summary["mode"] == "decomp-5" and summary["frames"] == 3
     result = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "out2"), "--align", "flow", "--json"])
     assert json.loads(result.output)["mode"] == "flow"
+
+
+def test_zoo_is_package_data_and_listing_it_needs_no_torch(tmp_path):
+    """The bundled weights live inside the package (what a wheel carries), VSRX_WEIGHTS points
+    elsewhere, and `vsrx models` answers without importing torch (a fast start)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from vsrx.cli import main; from vsrx.models import zoo; "
+            "main(['models', '--json'], standalone_mode=False); "
+            "print(json.dumps({'dir': str(zoo.WEIGHTS_DIR), 'torch': 'torch' in sys.modules}))")
+    env = {k: v for k, v in os.environ.items() if k != "VSRX_WEIGHTS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    listing, last = json.loads(out[: out.rindex("\n{")]), json.loads(out.splitlines()[-1])
+    import vsrx
+
+    assert last == {"dir": str(Path(vsrx.__file__).parent / "weights"), "torch": False}
+    assert listing["default"] in listing["models"] and all(e["present"] for e in listing["models"].values())
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "VSRX_WEIGHTS": str(tmp_path)}, capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(out.splitlines()[-1])["dir"] == str(tmp_path)

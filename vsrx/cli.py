@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import sys
-import traceback
 
 import click
-from rich.console import Console
 
 import vsrx
 from vsrx.errors import UsageError, VsrxError
 
-err_console = Console(stderr=True, highlight=False, log_path=False)
+
+class LazyConsole:
+    """rich's stderr console, made on first use: `vsrx --help` and `--version` need not import rich."""
+
+    def __init__(self, **options) -> None:
+        self.options, self.real = options, None
+
+    def get(self):
+        """The rich Console itself, for rich objects that take one."""
+        if self.real is None:
+            from rich.console import Console
+
+            self.real = Console(**self.options)
+        return self.real
+
+    def __getattr__(self, name: str):
+        return getattr(self.get(), name)
+
+
+err_console = LazyConsole(stderr=True, highlight=False, log_path=False)
 
 
 class VsrxGroup(click.Group):
@@ -22,8 +39,12 @@ class VsrxGroup(click.Group):
             return super().invoke(ctx)
         except VsrxError as e:
             if ctx.obj and ctx.obj.get("debug"):
+                import traceback
+
                 traceback.print_exc()
-            err_console.print(f"[bold red]vsrx: error:[/] {e}", markup=True, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]vsrx: error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             err_console.print("vsrx: interrupted; nothing was written at the output path")
@@ -62,7 +83,7 @@ class FrameProgress:
             label = f"{self.label} ({resumed} resumed)" if resumed else self.label
             self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                                 TextColumn("{task.fields[fps]:.2f} fps"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), console=err_console)
+                                TimeRemainingColumn(), console=err_console.get())
             self.bar.start()
             self.task = self.bar.add_task(label, total=total, completed=resumed, fps=0.0)
         elapsed = self.bar.tasks[0].elapsed or 1e-9
@@ -136,7 +157,7 @@ def upscale(paths: tuple[str, ...], out_dir: str | None, ext: str | None, dry_ru
         raise UsageError("--ext goes with --out-dir (for one file, DST's extension picks the container)")
     opts = UpscaleOptions(**options, frames=as_frames, encoder_options=parse_encoder_options(encoder_options),
                           audio=not no_audio, subtitles=not no_subs)
-    note = (lambda msg: err_console.print(f"vsrx: {msg}", highlight=False, soft_wrap=True)) if not as_json else (lambda msg: None)
+    note = (lambda msg: err_console.print(f"vsrx: {msg}", markup=False, highlight=False, soft_wrap=True)) if not as_json else (lambda msg: None)
     if dry_run:
         if out_dir is None:
             with Session(opts, note) as session:
@@ -184,6 +205,7 @@ def summary_line(result) -> str:
 
 def print_outcomes(outcomes) -> None:
     """The table at the end of a many-files upscale."""
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="vsrx upscale")
@@ -204,6 +226,7 @@ def print_estimates(estimates, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"dry_run": [dataclasses.asdict(e) for e in estimates]}))
         return
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="vsrx upscale --dry-run (nothing written)")
@@ -222,7 +245,7 @@ def print_estimates(estimates, as_json: bool) -> None:
 @click.option("--synthetic-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of samples rendered with synthetic motion (exact flow) from still frames of the data.")
 @click.option("--exclude", multiple=True, help="Clip or file names to leave out (repeatable), e.g. held-out clips.")
 @click.option("--out", default="runs/vsrx", show_default=True, help="Run directory: checkpoints, metrics, final weights.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
+@click.option("--resume", "resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its saved config.json and newest checkpoint; only --iters, --time-limit, --root, --device, --workers, --log-every, --save-every, --val-every and --keep may be given with it.")
 @click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]), default="edvr-m", show_default=True)
 @click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), default="dcn", show_default=True)
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group (decomp; 9 for dcn, 1 for flow).")
@@ -238,6 +261,9 @@ def print_estimates(estimates, as_json: bool) -> None:
 @click.option("--lr", type=float, default=4e-4, show_default=True, help="Peak learning rate (Adam, betas 0.9/0.99).")
 @click.option("--restarts", type=click.IntRange(1), default=4, show_default=True, help="Cosine annealing periods.")
 @click.option("--eta-min", type=float, default=1e-7, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), help="Linear learning-rate warm-up steps (default: 0; SPyNet 200).")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="Decay of an exponential moving average of the weights, e.g. 0.999 (0: off); the saved weights are the average.")
+@click.option("--time-limit", type=click.FloatRange(0, min_open=True), help="Seconds of training after which the run saves a checkpoint and its weights and ends.")
 @click.option("--grad-clip", type=float, help="Clip the gradient norm to this value.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto: fp16 AMP on CUDA, fp32 on CPU.")
 @click.option("--offset-fidelity", type=float, default=0.0, show_default=True, help="Offset-fidelity loss weight lambda (0: off).")
@@ -250,39 +276,21 @@ def print_estimates(estimates, as_json: bool) -> None:
 @click.option("--val-frames", type=click.IntRange(1), default=30, show_default=True, help="Frames per validation clip.")
 @click.option("--log-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--save-every", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints kept.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(0), help="Data-loading processes (default: 0 on CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank).")
 @click.option("--task", type=click.Choice(["sr", "flow"]), default="sr", show_default=True, help="sr: an EDVR model; flow: SPyNet on synthetic motion with exact flow.")
-@click.option("--max-motion", type=float, help="flow task: camera speed bound in pixels per frame (default 8).")
+@click.option("--max-motion", type=float, default=8.0, show_default=True, help="flow task: camera speed bound in pixels per frame.")
 @click.pass_context
-def train(ctx: click.Context, resume: bool, task: str, max_motion: float | None, **options) -> None:
+def train(ctx: click.Context, resume: str | None, task: str, **options) -> None:
     """Train an EDVR model (the paper's recipe by default) or SPyNet (--task flow); resumable, DDP under torchrun."""
+    from vsrx.train import start_training
+
     log = lambda msg: err_console.log(msg, highlight=False)  # noqa: E731
-    options["exclude"] = tuple(options["exclude"])
-    options["val"] = tuple(options["val"])
-    given = {k for k in options if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-    if task == "flow":
-        from vsrx.train.flow import FlowTrainConfig, train_flow
-
-        shared = {"dataset", "root", "exclude", "out", "init_from", "iters", "batch", "patch", "lr", "restarts",
-                  "grad_clip", "val_every", "log_every", "save_every", "seed", "workers", "device"}
-        unused = sorted(given - shared)
-        if unused:
-            raise UsageError(f"--task flow does not use --{unused[0].replace('_', '-')}")
-        flow_options = {k: options[k] for k in given} | ({"max_motion": max_motion} if max_motion else {})
-        if "out" not in given:
-            flow_options["out"] = "runs/spynet"
-        click.echo(f"weights: {train_flow(FlowTrainConfig(**flow_options), resume=resume, log=log)}")
-        return
-    if max_motion is not None:
-        raise UsageError("--max-motion is for --task flow")
-    from vsrx.train.trainer import TrainConfig, train as run_training
-
-    if options["frames"] % 2 == 0:
-        raise UsageError(f"--frames must be odd, got {options['frames']}")
-    path = run_training(TrainConfig(**options), resume=resume, log=log)
-    click.echo(f"weights: {path}")
+    given = {k: tuple(v) if isinstance(v, tuple) else v for k, v in options.items()
+             if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    click.echo(f"weights: {start_training(task, given, resume, log)}")
 
 
 @main.command(name="eval")
@@ -307,6 +315,8 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
           tile: int | None, crop_border: int, json_path: str | None, csv_path: str | None, save_dir: str | None) -> None:
     """Score models against bicubic on REDS4, Vid4, Vimeo-90K-T, a frame folder or videos (x4, the field's protocol)."""
     from pathlib import Path
+
+    from rich.console import Console
 
     from vsrx.evaluate.datasets import open_dataset
     from vsrx.evaluate.runner import evaluate, render_table, write_csv, write_json
@@ -366,6 +376,7 @@ def models(as_json: bool) -> None:
     """List the pretrained model zoo: mode, offsets, parameters, quality against bicubic, file present."""
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from vsrx.models import zoo
@@ -376,7 +387,7 @@ def models(as_json: bool) -> None:
             name: {**entry, "present": (zoo.WEIGHTS_DIR / entry["file"]).is_file()} for name, entry in entries.items()}}, indent=2))
         return
     if not entries:
-        click.echo("no pretrained models are bundled yet (weights/manifest.json is missing)")
+        click.echo(f"no pretrained models are bundled ({zoo.WEIGHTS_DIR / 'manifest.json'} is missing)")
         return
     table = Table(title=f"vsrx model zoo ({zoo.WEIGHTS_DIR})")
     for column in ("name", "mode", "N", "G", "frames", "params", "Vimeo Y gain", "bikes Y gain", "file"):
@@ -422,6 +433,7 @@ def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, d
     torchvision DCN, fp32, batch 1, default allocator); "max diff" is the largest output difference from it in grey levels."""
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from vsrx.bench import Case, bench as run_bench
@@ -473,6 +485,29 @@ def convert(src: str, dst: str, arch: str | None, num_frame: int | None, overwri
     config = getattr(model, "config", None)
     what = f"EDVR {config.mode_name}, {config.num_feat} features, {config.num_frame} frames, G={config.groups}, TSA {'on' if config.with_tsa else 'off'}" if config else type(model).__name__
     click.echo(f"wrote {path} ({what}, {params:,} parameters)")
+
+
+@main.command(name="export")
+@click.argument("model")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn exports as its exact decomp-9 form).")
+@click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
+@click.option("--opset", type=click.IntRange(16), default=17, show_default=True, help="ONNX opset (GridSample needs 16 or later).")
+@click.option("--fp16", is_flag=True, help="Half-precision weights and activations between float32 input and output (aligners sample in float32).")
+@click.option("--layout", type=click.Choice(["btchw", "bchw"]), default="btchw", show_default=True,
+              help="Input (batch, T, 3, H, W), or (batch, 3T, H, W) with the frames stacked on channels (vs-mlrt).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export(model: str, out: str, align: str | None, offsets: int | None, opset: int, fp16: bool, layout: str, overwrite: bool) -> None:
+    """Export MODEL (zoo name or .safetensors) to ONNX: one LR window in [0, 1] -> (batch, 3, 4H, 4W),
+    dynamic batch, height and width (multiples of 4), standard ONNX operators only; checked with onnxruntime."""
+    from vsrx.export import export_onnx, require_onnx
+
+    require_onnx()
+    from vsrx.models import load_model
+
+    r = export_onnx(load_model(model, align, offsets), out, layout=layout, opset=opset, fp16=fp16, overwrite=overwrite)
+    click.echo(f"wrote {r.path} ({r.mode}, T={r.num_frame}, layout {r.layout}, opset {r.opset}, {'fp16' if r.fp16 else 'fp32'}, "
+               f"{r.bytes / 1e6:.1f} MB); onnxruntime vs PyTorch fp32: largest difference {r.max_diff:.1e}")
 
 
 if __name__ == "__main__":

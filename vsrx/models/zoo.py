@@ -1,5 +1,8 @@
-"""Named pretrained models: weights/manifest.json lists each file with its sha256, config,
+"""Named pretrained models: vsrx/weights/manifest.json lists each file with its sha256, config,
 training recipe and measured quality; files are checked against their sha256 on load.
+
+The weights are package data, found with importlib.resources wherever vsrx is installed (a
+wheel carries them); the VSRX_WEIGHTS environment variable points at another folder instead.
 
 A name is either a model's own name (``edvr-s-decomp5``) or its family (``edvr-s``); a family
 with ``align``/``offsets`` picks the matching variant. dcn models also run as decomp-9.
@@ -11,11 +14,12 @@ import hashlib
 import json
 import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 from vsrx.errors import ModelError
 
-WEIGHTS_DIR = Path(os.environ.get("VSRX_WEIGHTS", Path(__file__).resolve().parents[2] / "weights"))
+WEIGHTS_DIR = Path(os.environ.get("VSRX_WEIGHTS") or str(resources.files("vsrx") / "weights"))
 
 
 @lru_cache(maxsize=1)
@@ -35,7 +39,7 @@ def names() -> list[str]:
 def default_name() -> str:
     name = manifest().get("default")
     if not name:
-        raise ModelError("no default model is bundled yet (weights/ has no trained model); pass --model PATH to a .safetensors file")
+        raise ModelError(f"no default model is bundled ({WEIGHTS_DIR} has no manifest default); pass --model PATH to a .safetensors file")
     return name
 
 

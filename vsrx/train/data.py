@@ -7,7 +7,6 @@ without saving any data-loader state.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,11 +107,19 @@ def video_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
             clips.append(Clip(str(path.relative_to(root) if root.is_dir() else path.name), np.stack([f.rgb for f in source])))
         elif path.is_dir():
             files = list_images(path)
-            if files:
-                clips.append(Clip(str(path.relative_to(root)) or path.name, files))
+            if files:  # decoded once, like the video files: every sample then only slices memory
+                clips.append(Clip(str(path.relative_to(root)) or path.name, _stack(files)))
     if not clips:
         raise InputError(f"no video files or frame folders found under {root}")
     return clips
+
+
+def _stack(files: list[Path]) -> np.ndarray:
+    frames = [read_image(f) for f in files]
+    odd = next((f for f, a in zip(files, frames) if a.shape != frames[0].shape), None)
+    if odd is not None:
+        raise InputError(f"{odd}: frame size differs from the other frames of its folder")
+    return np.stack(frames)
 
 
 def load_clips(dataset: str, root: Path | None, exclude: tuple[str, ...] = ()) -> list[Clip]:
@@ -131,9 +138,11 @@ def load_clips(dataset: str, root: Path | None, exclude: tuple[str, ...] = ()) -
     return video_clips(root, exclude)
 
 
-def _to_lr(hr: Tensor) -> Tensor:
-    """MATLAB-bicubic x1/4 of uint8-valued float HR (..., H, W), rounded like a stored 8-bit LR frame."""
-    return imresize(hr, 0.25).clamp_(0, 255).round_()
+def lr_from_hr(hr: Tensor) -> Tensor:
+    """LR patches in [0, 1] from uint8 HR crops (..., 4(p + 2 MARGIN), 4(p + 2 MARGIN)) on any device:
+    MATLAB-bicubic x1/4, rounded like a stored 8-bit LR frame, the MARGIN context cut off."""
+    lr = imresize(hr.float(), 0.25).clamp_(0, 255).round_()
+    return lr[..., MARGIN:-MARGIN, MARGIN:-MARGIN] / 255
 
 
 class WindowPatches(Dataset):
@@ -143,6 +152,9 @@ class WindowPatches(Dataset):
     pixels, (dy, dx), centre -> frame t, and has_flow (1 for synthetic samples, whose flow is
     exact; 0 and zero flow for real ones). ``synthetic`` is the fraction of samples rendered
     with synthetic motion from still frames of the clips (procedural textures without clips).
+    With ``lr_on_device`` (clips without stored LR only), ``lr`` is replaced by ``hr``: the uint8
+    HR crops (T, 3, 4(p + 2 MARGIN), 4(p + 2 MARGIN)) that :func:`lr_from_hr` turns into ``lr``
+    on the training device.
     """
 
     def __init__(
@@ -156,8 +168,11 @@ class WindowPatches(Dataset):
         temporal_reverse: bool = True,
         seed: int = 0,
         length: int = 10**9,
+        lr_on_device: bool = False,
     ) -> None:
-        self.clips, self.num_frame, self.patch = clips, num_frame, patch
+        if lr_on_device and any(c.lr is not None for c in clips):
+            raise UsageError("LR made on the device needs clips without stored LR frames")
+        self.clips, self.num_frame, self.patch, self.lr_on_device = clips, num_frame, patch, lr_on_device
         self.synthetic, self.augment, self.temporal_reverse = synthetic, augment, temporal_reverse
         self.seed, self.length = seed, length
         if synthetic < 1:
@@ -195,14 +210,20 @@ class WindowPatches(Dataset):
         hr = np.stack([clip.hr(i) for i in window])
         h, w = hr.shape[1] // 4, hr.shape[2] // 4
         top, left = self._corner(rng, h, w)
-        # Crop HR with up to MARGIN LR pixels of context, so the LR patch equals the crop of a full-frame LR.
+        # Crop HR with MARGIN LR pixels of context, mirrored (MATLAB's symmetric padding) where the
+        # frame ends, so the LR patch equals the crop of a full-frame LR.
         mt, ml = min(MARGIN, top), min(MARGIN, left)
         mb, mr = min(MARGIN, h - top - p), min(MARGIN, w - left - p)
         crop = hr[:, 4 * (top - mt) : 4 * (top + p + mb), 4 * (left - ml) : 4 * (left + p + mr)]
-        crop = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).float()
-        lr = _to_lr(crop)[:, :, mt : mt + p, ml : ml + p]
-        gt = crop[self.num_frame // 2, :, 4 * mt : 4 * (mt + p), 4 * ml : 4 * (ml + p)]
-        return {"lr": lr / 255, "gt": gt / 255}
+        pad = [(0, 0), (4 * (MARGIN - mt), 4 * (MARGIN - mb)), (4 * (MARGIN - ml), 4 * (MARGIN - mr)), (0, 0)]
+        crop = torch.from_numpy(np.pad(crop, pad, mode="symmetric")).permute(0, 3, 1, 2)
+        return self._pair(crop)
+
+    def _pair(self, hr: Tensor) -> dict[str, Tensor]:
+        """lr (or hr, see lr_on_device) and gt of a uint8 HR window crop with MARGIN LR pixels of context."""
+        m, p = MARGIN, self.patch
+        gt = hr[self.num_frame // 2, :, 4 * m : 4 * (m + p), 4 * m : 4 * (m + p)].float() / 255
+        return {"hr": hr, "gt": gt} if self.lr_on_device else {"lr": lr_from_hr(hr), "gt": gt}
 
     def _corner(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
         p = self.patch
@@ -221,30 +242,24 @@ class WindowPatches(Dataset):
         else:
             still = procedural_texture(2 * size, 2 * size, rng)
         frames, flows = make_synthetic_clip(still, self.num_frame, (size, size), rng, max_shift=float(rng.uniform(0.5, 16.0)))
-        hr = (frames * 255).round_()
-        lr = _to_lr(hr)[:, :, m : m + p, m : m + p]
-        gt = hr[self.num_frame // 2, :, 4 * m : 4 * (m + p), 4 * m : 4 * (m + p)]
         # Flow at LR resolution: average over each 4x4 HR block, magnitudes divided by 4.
         flow = torch.nn.functional.avg_pool2d(flows, 4)[:, :, m : m + p, m : m + p] / 4
-        return {"lr": lr / 255, "gt": gt / 255, "flow": flow}
+        return {**self._pair((frames * 255).round_().clamp_(0, 255).to(torch.uint8)), "flow": flow}
 
     def _augment(self, s: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
         """Flips, transposition (with flips: all 8 rotations/reflections) and temporal reversal, flows kept consistent."""
         hflip, vflip, transpose, reverse = (bool(b) for b in rng.integers(0, 2, size=4))
-        flow = s["flow"]
+        x, flow = ("hr" if "hr" in s else "lr"), s["flow"]
         for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
             if flag:
-                s["lr"], s["gt"] = s["lr"].flip(dim), s["gt"].flip(dim)
+                s[x], s["gt"] = s[x].flip(dim), s["gt"].flip(dim)
                 flow = flow.flip(dim)
                 flow[:, channel] = -flow[:, channel]
         if transpose:
-            s["lr"], s["gt"] = s["lr"].transpose(-1, -2), s["gt"].transpose(-1, -2)
+            s[x], s["gt"] = s[x].transpose(-1, -2), s["gt"].transpose(-1, -2)
             flow = flow.transpose(-1, -2).flip(1)  # (dy, dx) -> (dx, dy)
         if reverse and self.temporal_reverse:
-            s["lr"], flow = s["lr"].flip(0), flow.flip(0)
-        s["lr"], s["gt"], s["flow"] = s["lr"].contiguous(), s["gt"].contiguous(), flow.contiguous()
+            s[x], flow = s[x].flip(0), flow.flip(0)
+        s[x], s["gt"], s["flow"] = s[x].contiguous(), s["gt"].contiguous(), flow.contiguous()
         return s
 
-
-def default_workers() -> int:
-    return 0 if not torch.cuda.is_available() else min(8, os.cpu_count() or 1)

@@ -22,36 +22,24 @@ Run directory (``out``): ``config.json``, ``model.safetensors`` (deploy weights,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
-import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from vsrx.errors import InputError, ModelError, UsageError
-from vsrx.models import load_model, save_model
-from vsrx.models.spynet import NUM_LEVELS, SpyNet
-from vsrx.models.weights import atomic_write
+from vsrx.models import load_model
+from vsrx.models.spynet import SpyNet
 from vsrx.train.data import Clip, load_clips
+from vsrx.train.loop import Run, fit
 from vsrx.train.synthetic import make_synthetic_clip, procedural_texture
-from vsrx.train.trainer import (
-    Run,
-    append_jsonl,
-    checkpoints,
-    cosine_restart_lr,
-    load_checkpoint,
-    save_checkpoint,
-    step_loader,
-)
 
 VAL_KEY = 0x5F10_7FA1  # first entropy word of the validation seed stream (training uses [seed, index])
 SPEED_BINS = ((0.0, 2.0), (2.0, 5.0), (5.0, math.inf))  # validation EPE by |ground-truth flow|, pixels
@@ -61,6 +49,7 @@ SPEED_BINS = ((0.0, 2.0), (2.0, 5.0), (5.0, math.inf))  # validation EPE by |gro
 class FlowTrainConfig:
     """Everything a SPyNet training run depends on."""
 
+    task: str = "flow"
     dataset: str = "synthetic"  # where stills come from: load_clips(dataset, root); synthetic w/o root = procedural
     root: str | None = None
     exclude: tuple[str, ...] = ()
@@ -75,6 +64,9 @@ class FlowTrainConfig:
     restarts: int = 1  # cosine periods over the run (1: a single decay from lr to eta_min)
     warmup: int = 200  # linear learning-rate warm-up steps (Adam's first steps on the zero-initialised heads overshoot)
     grad_clip: float | None = None
+    precision: str = "fp32"  # SPyNet's warping cascade is trained in fp32
+    ema: float = 0.0
+    time_limit: float | None = None
     max_motion: float = 8.0  # camera speed bound in output pixels per frame (foreground layers up to 1.5x)
     scales: tuple[int, ...] = (1, 2)  # render at s x the size and box-downscale by s
     noise: float = 0.02  # Gaussian noise std drawn uniformly in [0, noise] per frame (intensities in [0, 1])
@@ -329,12 +321,6 @@ def make_spynet(cfg: FlowTrainConfig) -> SpyNet:
     return init_spynet(SpyNet())
 
 
-def learning_rate(step: int, cfg: FlowTrainConfig) -> float:
-    """The trainer's cosine schedule (iters, restarts, lr, eta_min) after a linear warm-up; step counts from 1."""
-    lr = cosine_restart_lr(step - 1, cfg)  # type: ignore[arg-type]  # duck-typed: reads iters, restarts, lr, eta_min
-    return lr * min(1.0, step / cfg.warmup) if cfg.warmup > 0 else lr
-
-
 def check_config(cfg: FlowTrainConfig, world: int = 1) -> None:
     if cfg.patch < 32 or cfg.patch % 32:
         raise UsageError(f"--patch must be a positive multiple of 32 (SPyNet's coarsest level is 1/32), got {cfg.patch}")
@@ -346,75 +332,49 @@ def check_config(cfg: FlowTrainConfig, world: int = 1) -> None:
         raise UsageError("--max-motion and --val-motion must be above 0.1 pixels")
 
 
+class FlowTask:
+    """SPyNet on synthetic pairs with exact flow: the EPE of every pyramid level."""
+
+    def __init__(self, cfg: FlowTrainConfig, run: Run) -> None:
+        check_config(cfg, run.world)
+        self.cfg = cfg
+        self.stills = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude)
+        self.data = FlowPairs(self.stills, (cfg.patch, cfg.patch), key=(cfg.seed,), max_motion=cfg.max_motion,
+                              scales=cfg.scales, noise=cfg.noise)
+        self.model = make_spynet(cfg)
+        self.val: list[FlowPair] = []
+        if run.main and cfg.val_pairs:
+            val_stills = load_clips("videos", Path(cfg.val_root)) if cfg.val_root else []
+            self.val = validation_pairs(cfg.val_pairs, tuple(cfg.val_size), cfg.val_motion, val_stills)
+
+    def describe(self, run: Run, start: int, iters: int) -> str:
+        cfg = self.cfg
+        return (f"training SPyNet ({sum(p.numel() for p in self.model.parameters()):,} params) on "
+                f"{len(self.stills) or 'procedural'} {'still sources' if self.stills else 'textures'}, {cfg.patch}x{cfg.patch} pairs, "
+                f"batch {cfg.batch}, motion up to {cfg.max_motion:g} px, {run.world} process(es) on {run.device}, steps {start}..{iters}")
+
+    def loss(self, net: nn.Module, batch: dict[str, Tensor], device: torch.device, watch: bool) -> tuple[Tensor, dict]:
+        ref, supp, flow = (batch[k].to(device, non_blocking=True) for k in ("ref", "supp", "flow"))
+        with record_levels(self.model) as levels:
+            net(ref, supp)
+        loss, epe = flow_loss(levels, flow, self.cfg.level_weight)
+        return loss, ({"epe": epe.item()} if watch else {})
+
+    def deploy(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def validate(self, model: nn.Module, step: int) -> dict | None:
+        return epe_stats(model, self.val) if self.val else None
+
+    def report(self, step: int, scores: dict) -> str:
+        speeds = ", ".join(f"{k} px: {v['epe']:.3f} ({v['zero_epe']:.3f})" for k, v in scores["by_speed"].items())
+        return f"step {step} validation: EPE {scores['epe']:.3f} px (zero flow {scores['zero_epe']:.3f}); by speed {speeds}"
+
+
 def train_flow(cfg: FlowTrainConfig, resume: bool = False, log=print) -> Path:
     """Train SPyNet per cfg (continuing from cfg.out when resume); returns the deploy weights path."""
     run = Run(cfg.device)
     try:
-        return _train_flow(cfg, run, Path(cfg.out), resume, log if run.main else (lambda *a, **k: None))
+        return fit(FlowTask(cfg, run), cfg, run, resume, log if run.main else (lambda *a, **k: None))
     finally:
         run.close()
-
-
-def _train_flow(cfg: FlowTrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
-    check_config(cfg, run.world)
-    stills = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude)
-    data = FlowPairs(stills, (cfg.patch, cfg.patch), key=(cfg.seed,), max_motion=cfg.max_motion, scales=cfg.scales, noise=cfg.noise)
-    model = make_spynet(cfg).to(run.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    start = load_checkpoint(out, model, optimizer) if resume else 0
-    val: list[FlowPair] = []
-    if run.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(dataclasses.asdict(cfg), indent=2)))
-        if cfg.val_pairs:
-            val_stills = load_clips("videos", Path(cfg.val_root)) if cfg.val_root else []
-            val = validation_pairs(cfg.val_pairs, tuple(cfg.val_size), cfg.val_motion, val_stills)
-    net: nn.Module = DistributedDataParallel(model) if run.world > 1 else model
-    loader = step_loader(data, cfg, run, start)
-    log(f"training SPyNet ({sum(p.numel() for p in model.parameters()):,} params) on "
-        f"{len(stills) or 'procedural'} {'still sources' if stills else 'textures'}, {cfg.patch}x{cfg.patch} pairs, "
-        f"batch {cfg.batch}, motion up to {cfg.max_motion:g} px, {run.world} process(es) on {run.device}, steps {start}..{cfg.iters}")
-    scores = None
-    t0, seen, step = time.perf_counter(), 0, start
-    with record_levels(model) as levels:
-        for step, batch in enumerate(loader, start=start + 1):
-            lr_now = learning_rate(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            ref, supp, flow = (batch[k].to(run.device, non_blocking=True) for k in ("ref", "supp", "flow"))
-            levels.clear()
-            net(ref, supp)
-            loss, epe = flow_loss(levels, flow, cfg.level_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            levels.clear()
-            seen += 1
-            if step % cfg.log_every == 0:
-                rate = seen / (time.perf_counter() - t0)
-                entry = {"step": step, "loss": loss.item(), "epe": epe.item(), "lr": lr_now, "it_per_s": rate}
-                log(f"step {step}/{cfg.iters} loss {entry['loss']:.4f} EPE {entry['epe']:.3f} px lr {lr_now:.2e} "
-                    f"{rate:.2f} it/s ETA {(cfg.iters - step) / max(rate, 1e-9) / 60:.0f} min")
-                if run.main:
-                    append_jsonl(out / "metrics.jsonl", entry)
-            if run.main and (step % cfg.save_every == 0 or step == cfg.iters):
-                save_checkpoint(out, model, optimizer, step, model, cfg.keep)
-            if run.main and val and (step % cfg.val_every == 0 or step == cfg.iters):
-                scores = _validate(model, val, step, out, log)
-    if run.main and not checkpoints(out) and step == start:
-        save_checkpoint(out, model, optimizer, step, model, cfg.keep)
-    if run.main and scores is not None and step == cfg.iters:
-        save_model(model, out / "model.safetensors", {
-            "vsrx.step": str(step), "vsrx.val_epe": f"{scores['epe']:.4f}", "vsrx.val_zero_epe": f"{scores['zero_epe']:.4f}",
-        })
-    return out / "model.safetensors"
-
-
-def _validate(model: SpyNet, val: list[FlowPair], step: int, out: Path, log) -> dict:
-    scores = epe_stats(model, val)
-    append_jsonl(out / "metrics.jsonl", {"step": step, "val": scores})
-    speeds = ", ".join(f"{k} px: {v['epe']:.3f} ({v['zero_epe']:.3f})" for k, v in scores["by_speed"].items())
-    log(f"step {step} validation: EPE {scores['epe']:.3f} px (zero flow {scores['zero_epe']:.3f}); by speed {speeds}")
-    return scores

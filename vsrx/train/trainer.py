@@ -1,39 +1,21 @@
-"""The training loop: one screen of logic, plain resumable checkpoints, DDP under torchrun.
-
-Run directory (``--out``)::
-
-    config.json          the resolved TrainConfig
-    model.safetensors    latest weights in deploy form (vsrx.load_model / vsrx upscale --model)
-    metrics.jsonl        one JSON object per log / validation event
-    ckpt/step_XXXXXXXX/  weights in training form + optimizer, step and RNG states
-
-A checkpoint directory is written under a temporary name and renamed when complete, so a kill
-at any moment leaves the previous checkpoint intact; ``--resume`` picks the newest complete one.
-"""
+"""EDVR training: the model, its data and its losses, run by the shared loop (vsrx.train.loop)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
 
-from vsrx.errors import InputError, UsageError
-from vsrx.models import EDVR, build_model, convert_alignment, load_model, save_model
+from vsrx.errors import UsageError
+from vsrx.models import EDVR, build_model, convert_alignment, load_model
 from vsrx.models.edvr import EDVRConfig
-from vsrx.models.weights import CONFIG_KEY, _load_strict, atomic_write, read_metadata
-from vsrx.train.data import WindowPatches, default_workers, load_clips
+from vsrx.models.weights import CONFIG_KEY, read_metadata
+from vsrx.train.data import WindowPatches, load_clips, lr_from_hr
+from vsrx.train.loop import Run, checkpoints, fit
 from vsrx.train.losses import charbonnier, offset_fidelity
 
 OVERFLOW_WARNING = 50.0  # mean |offset| in pixels above which BasicSR warns of offset overflow
@@ -41,8 +23,9 @@ OVERFLOW_WARNING = 50.0  # mean |offset| in pixels above which BasicSR warns of 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (paper recipe defaults for EDVR-M)."""
+    """Everything an EDVR training run depends on (paper recipe defaults for EDVR-M)."""
 
+    task: str = "sr"
     dataset: str = "synthetic"
     root: str | None = None
     synthetic_fraction: float = 0.0
@@ -64,8 +47,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     eta_min: float = 1e-7
     restarts: int = 4
+    warmup: int = 0
     grad_clip: float | None = None
     precision: str = "auto"
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); deploy weights are the EMA
+    time_limit: float | None = None  # seconds of training after which the run checkpoints and ends
     offset_fidelity: float = 0.0
     fidelity_threshold: float = 10.0
     flow: str = "auto"
@@ -81,37 +67,6 @@ class TrainConfig:
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
-
-
-def cosine_restart_lr(step: int, cfg: TrainConfig) -> float:
-    """Cosine annealing with ``restarts`` equal periods over the run, from cfg.lr to cfg.eta_min."""
-    period = max(1, math.ceil(cfg.iters / max(cfg.restarts, 1)))
-    t = (step % period) / period
-    return cfg.eta_min + 0.5 * (cfg.lr - cfg.eta_min) * (1 + math.cos(math.pi * t))
-
-
-class Run:
-    """Process-group and device setup for one rank (single process when not under torchrun)."""
-
-    def __init__(self, device: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def make_model(cfg: TrainConfig) -> EDVR:
@@ -147,203 +102,87 @@ def deploy_form(model: EDVR, cfg: TrainConfig) -> EDVR:
     return convert_alignment(model, "dcn", 9) if cfg.align == "dcn" and model.config.align != "dcn" else model
 
 
-def checkpoints(out: Path) -> list[Path]:
-    return sorted(p for p in (out / "ckpt").glob("step_*") if p.is_dir() and (p / "state.pt").is_file())
+class EDVRTask:
+    """EDVR on LR-window / HR-centre patches: Charbonnier loss plus the offset-fidelity loss (Eq. 4-5)."""
 
+    def __init__(self, cfg: TrainConfig, run: Run, resume: bool, log=print) -> None:
+        if cfg.frames % 2 == 0:
+            raise UsageError(f"--frames must be odd, got {cfg.frames}")
+        self.cfg, self.log = cfg, log
+        torch.manual_seed(cfg.seed)
+        self.clips = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude)
+        synthetic = 1.0 if cfg.dataset == "synthetic" else cfg.synthetic_fraction
+        self.flow_source = cfg.flow if cfg.flow != "auto" else ("gt" if synthetic else "spynet")
+        if cfg.offset_fidelity and self.flow_source == "gt" and not synthetic:
+            raise UsageError("ground-truth flow exists only for synthetic motion; use --synthetic-fraction or --flow spynet")
+        # On a GPU the LR patches are made there from HR crops, with the same MATLAB-bicubic code.
+        lr_on_device = run.device.type == "cuda" and all(c.lr is None for c in self.clips)
+        self.data = WindowPatches(self.clips, cfg.frames, cfg.patch, synthetic=synthetic, temporal_reverse=cfg.temporal_reverse,
+                                  seed=cfg.seed, lr_on_device=lr_on_device)
+        found = checkpoints(Path(cfg.out)) if resume else []
+        self.model = train_form(make_model(cfg), cfg, run.device, found[-1] if found else None)
+        self.aligners = self.model.aligners()
+        self.spynet = None
+        if cfg.offset_fidelity and self.flow_source == "spynet":
+            self.spynet = load_model(cfg.spynet or "spynet", device=run.device).requires_grad_(False)
 
-def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, deploy: nn.Module, keep: int = 2) -> None:
-    """Write ckpt/step_N atomically (training-form weights, optimizer, step, RNG) and the deploy weights."""
-    final = out / "ckpt" / f"step_{step:08d}"
-    tmp = out / "ckpt" / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tmp / "model.safetensors")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    atomic_write(tmp / "state.pt", lambda p: torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng}, p))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    save_model(deploy, out / "model.safetensors", {"vsrx.step": str(step)})
-    for old in checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    def describe(self, run: Run, start: int, iters: int) -> str:
+        cfg, model = self.cfg, self.model
+        form = "" if model.config.align == cfg.align else f" (as its exact {model.config.mode_name} form)"
+        return (f"training {'dcn' if cfg.align == 'dcn' else model.config.mode_name}{form} {cfg.preset} "
+                f"({sum(p.numel() for p in model.parameters()):,} params) on {len(self.clips) or 'procedural'} {cfg.dataset} clips, "
+                f"{run.world} process(es) on {run.device}, steps {start}..{iters}")
 
+    def loss(self, net: nn.Module, batch: dict[str, Tensor], device: torch.device, watch: bool) -> tuple[Tensor, dict[str, Any]]:
+        cfg = self.cfg
+        gt = batch["gt"].to(device, non_blocking=True)
+        lr_frames = batch["lr"].to(device, non_blocking=True) if "lr" in batch else lr_from_hr(batch["hr"].to(device, non_blocking=True))
+        for a in self.aligners.values():
+            a.record = [] if cfg.offset_fidelity or watch else None
+        sr = net(lr_frames)
+        loss = charbonnier(sr.float(), gt)
+        extras: dict[str, Any] = {}
+        if cfg.offset_fidelity:
+            if self.flow_source == "gt":  # exact flow for synthetic samples; real ones are left out
+                flow, valid = batch["flow"].to(device), batch["has_flow"].to(device).repeat_interleave(cfg.frames)
+            else:
+                flow, valid = estimate_flow(self.spynet, lr_frames, cfg.frames // 2), None
+            offsets = [a.record[0][0].float() for a in self.aligners.values()]
+            fidelity = offset_fidelity(offsets, flow.flatten(0, 1).float(), cfg.fidelity_threshold, valid)
+            loss = loss + cfg.offset_fidelity * fidelity
+            if watch:
+                extras["fidelity"] = fidelity.item()
+        if watch:
+            extras["offset_mean"] = {n: round(a.record[0][0].detach().abs().mean().item(), 3) for n, a in self.aligners.items()}
+            worst = max(extras["offset_mean"].values())
+            extras["offset_max"] = float(worst)
+            if worst > OVERFLOW_WARNING:
+                self.log(f"warning: offsets overflowing (mean |offset| {worst:.1f} > {OVERFLOW_WARNING:.0f}); consider --offset-fidelity")
+        for a in self.aligners.values():
+            a.record = None
+        return loss, extras
 
-def load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore the newest complete checkpoint into model and optimizer; returns its step."""
-    found = checkpoints(out)
-    if not found:
-        raise InputError(f"--resume: no complete checkpoint under {out / 'ckpt'}")
-    from safetensors.torch import load_file
+    def deploy(self, model: nn.Module) -> nn.Module:
+        return deploy_form(model, self.cfg)
 
-    _load_strict(model, load_file(str(found[-1] / "model.safetensors")), found[-1])
-    state = torch.load(found[-1] / "state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(state["step"])
+    def validate(self, model: nn.Module, step: int) -> dict | None:
+        if not self.cfg.val:
+            return None
+        return validate(model, self.cfg.val, self.cfg.val_frames, next(model.parameters()).device)
 
-
-class StepSampler(torch.utils.data.Sampler):
-    """This rank's sample indices for steps start..iters: global sample j of step s is s*B + j."""
-
-    def __init__(self, start: int, iters: int, global_batch: int, rank: int, world: int) -> None:
-        self.start, self.iters, self.global_batch, self.rank, self.world = start, iters, global_batch, rank, world
-
-    def __iter__(self):
-        local = self.global_batch // self.world
-        for step in range(self.start, self.iters):
-            base = step * self.global_batch + self.rank * local
-            yield from range(base, base + local)
-
-    def __len__(self) -> int:
-        return (self.iters - self.start) * (self.global_batch // self.world)
-
-
-def step_loader(dataset: torch.utils.data.Dataset, cfg, run: Run, start: int) -> DataLoader:
-    """This rank's batches for steps start..cfg.iters (cfg: any config with batch, iters, workers)."""
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch // run.world,
-        sampler=StepSampler(start, cfg.iters, cfg.batch, run.rank, run.world),
-        num_workers=workers,
-        pin_memory=run.device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    def report(self, step: int, scores: dict) -> str:
+        return f"step {step} validation: " + ", ".join(
+            f"{k} Y {v['psnr_y']:.2f} dB (bicubic {v['bicubic_psnr_y']:.2f})" for k, v in scores.items())
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     """Train per cfg (continuing from cfg.out when resume); returns the deploy weights path."""
     run = Run(cfg.device)
-    out = Path(cfg.out)
+    log = log if run.main else (lambda *a, **k: None)
     try:
-        return _train(cfg, run, out, resume, log if run.main else (lambda *a, **k: None))
+        return fit(EDVRTask(cfg, run, resume, log), cfg, run, resume, log)
     finally:
         run.close()
-
-
-def _train(cfg: TrainConfig, run: Run, out: Path, resume: bool, log) -> Path:
-    if cfg.batch % run.world:
-        raise UsageError(f"--batch {cfg.batch} is not divisible by {run.world} processes")
-    torch.manual_seed(cfg.seed)
-    clips = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude)
-    synthetic = 1.0 if cfg.dataset == "synthetic" else cfg.synthetic_fraction
-    flow_source = cfg.flow if cfg.flow != "auto" else ("gt" if synthetic else "spynet")
-    if cfg.offset_fidelity and flow_source == "gt" and not synthetic:
-        raise UsageError("ground-truth flow exists only for synthetic motion; use --synthetic-fraction or --flow spynet")
-    dataset = WindowPatches(clips, cfg.frames, cfg.patch, synthetic=synthetic, temporal_reverse=cfg.temporal_reverse, seed=cfg.seed)
-    found = checkpoints(out) if resume else []
-    if resume and not found:
-        raise InputError(f"--resume: no complete checkpoint under {out / 'ckpt'}")
-    model = train_form(make_model(cfg), cfg, run.device, found[-1] if found else None).to(run.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    start = load_checkpoint(out, model, optimizer) if resume else 0
-    if run.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(dataclasses.asdict(cfg), indent=2)))
-    spynet = None
-    if cfg.offset_fidelity and flow_source == "spynet":
-        spynet = load_model(cfg.spynet or "spynet", device=run.device).requires_grad_(False)
-    net: nn.Module = DistributedDataParallel(model) if run.world > 1 else model
-    loader = step_loader(dataset, cfg, run, start)
-    amp = autocast_dtype(cfg.precision, run.device)
-    scaler = torch.amp.GradScaler(run.device.type, enabled=amp == torch.float16)
-    aligners = model.aligners()
-    frozen = [p for n, p in model.named_parameters() if cfg.freeze_except and not n.startswith(cfg.freeze_except)]
-    form = "" if model.config.align == cfg.align else f" (as its exact {model.config.mode_name} form)"
-    log(f"training {'dcn' if cfg.align == 'dcn' else model.config.mode_name}{form} {cfg.preset} ({sum(p.numel() for p in model.parameters()):,} params) "
-        f"on {len(clips) or 'procedural'} {cfg.dataset} clips, {run.world} process(es) on {run.device}, steps {start}..{cfg.iters}")
-    board = tensorboard(out) if run.main else None
-    t0, seen = time.perf_counter(), 0
-    step = start
-    for step, batch in enumerate(loader, start=start + 1):
-        lr_now = cosine_restart_lr(step - 1, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        lr_frames = batch["lr"].to(run.device, non_blocking=True)
-        gt = batch["gt"].to(run.device, non_blocking=True)
-        watch = cfg.offset_fidelity > 0 or step % cfg.log_every == 0
-        for a in aligners.values():
-            a.record = [] if watch else None
-        with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            sr = net(lr_frames)
-            loss = charbonnier(sr.float(), gt)
-            fidelity = None
-            if cfg.offset_fidelity:
-                if flow_source == "gt":  # exact flow for synthetic samples; real ones are left out
-                    flow, valid = batch["flow"].to(run.device), batch["has_flow"].to(run.device)
-                else:
-                    flow, valid = estimate_flow(spynet, lr_frames, cfg.frames // 2), None
-                offsets = [a.record[0][0].float() for a in aligners.values()]
-                valid = None if valid is None else valid.repeat_interleave(cfg.frames)
-                fidelity = offset_fidelity(offsets, flow.flatten(0, 1).float(), cfg.fidelity_threshold, valid)
-                loss = loss + cfg.offset_fidelity * fidelity
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if step <= cfg.freeze_iters:
-            for p in frozen:
-                p.grad = None
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        seen += 1
-        if step % cfg.log_every == 0:
-            mags = {n: a.record[0][0].detach().abs().mean() for n, a in aligners.items()}
-            rate = seen / (time.perf_counter() - t0)
-            entry = {"step": step, "loss": loss.item(), "lr": lr_now, "it_per_s": rate,
-                     "offset_mean": {n: round(v.item(), 3) for n, v in mags.items()}}
-            if fidelity is not None:
-                entry["fidelity"] = fidelity.item()
-            worst = max(entry["offset_mean"].values())
-            eta = (cfg.iters - step) / max(rate, 1e-9)
-            log(f"step {step}/{cfg.iters} loss {entry['loss']:.5f} lr {lr_now:.2e} {rate:.2f} it/s "
-                f"ETA {eta / 60:.0f} min |offset| max {worst:.2f}" + (f" fidelity {entry['fidelity']:.4f}" if fidelity is not None else ""))
-            if worst > OVERFLOW_WARNING:
-                log(f"warning: offsets overflowing (mean |offset| {worst:.1f} > {OVERFLOW_WARNING:.0f}); consider --offset-fidelity")
-            if run.main:
-                append_jsonl(out / "metrics.jsonl", entry)
-            if board:
-                for key in ("loss", "lr", "it_per_s", "fidelity"):
-                    if key in entry:
-                        board.add_scalar(f"train/{key}", entry[key], step)
-                for name, value in entry["offset_mean"].items():
-                    board.add_scalar(f"offset_mean/{name}", value, step)
-        if run.main and (step % cfg.save_every == 0 or step == cfg.iters):
-            save_checkpoint(out, model, optimizer, step, deploy_form(model, cfg), cfg.keep)
-        if run.main and cfg.val and (step % cfg.val_every == 0 or step == cfg.iters):
-            scores = validate(deploy_form(model, cfg).eval(), cfg.val, cfg.val_frames, run.device)
-            model.train()
-            append_jsonl(out / "metrics.jsonl", {"step": step, "val": scores})
-            for clip, v in scores.items() if board else ():
-                board.add_scalar(f"val/{clip}/psnr_y", v["psnr_y"], step)
-                board.add_scalar(f"val/{clip}/psnr_rgb", v["psnr_rgb"], step)
-            log(f"step {step} validation: " + ", ".join(f"{k} Y {v['psnr_y']:.2f} dB (bicubic {v['bicubic_psnr_y']:.2f})" for k, v in scores.items()))
-    for a in aligners.values():
-        a.record = None
-    if board:
-        board.close()
-    if run.main and not checkpoints(out) and step == start:
-        save_checkpoint(out, model, optimizer, step, deploy_form(model, cfg), cfg.keep)
-    return out / "model.safetensors"
-
-
-def tensorboard(out: Path):
-    """A TensorBoard writer under out/tb when the tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))
 
 
 def estimate_flow(spynet: nn.Module, lr_frames: torch.Tensor, center: int) -> torch.Tensor:
@@ -353,11 +192,6 @@ def estimate_flow(spynet: nn.Module, lr_frames: torch.Tensor, center: int) -> to
     with torch.no_grad(), torch.autocast(lr_frames.device.type, enabled=False):
         flow = spynet.flow_dy_dx(ref.float(), lr_frames.flatten(0, 1).float())
     return flow.view(b, t, 2, *flow.shape[-2:])
-
-
-def append_jsonl(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
 
 
 def validate(model: EDVR, sources: tuple[str, ...], max_frames: int, device: torch.device) -> dict[str, dict[str, float]]:
