@@ -119,7 +119,7 @@ def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--resume", is_flag=True, help="Continue the unfinished job of DST where it stopped (starts afresh when there is none).")
 @click.option("--scene-cuts", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: detect hard cuts and keep every window inside its shot.")
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="A frame starts a new shot when its luma histograms (2x2 cells, 16 bins) differ from the last frame's by more than this share of pixels.")
-@click.option("--segment-frames", type=click.IntRange(1), default=120, show_default=True, help="Frames per resumable segment; each is encoded on its own, starting on a keyframe.")
+@click.option("--segment-frames", type=click.IntRange(1), default=120, show_default=True, help="Frames per resumable segment (rounded up to a multiple of --batch); each is encoded on its own, starting on a keyframe.")
 @click.option("--model", help="Zoo name or .safetensors path (default: the bundled default model).")
 @click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn runs as decomp-9 exactly).")
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")

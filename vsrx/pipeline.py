@@ -165,6 +165,8 @@ class Session:
 
         if opts.scene_cuts not in ("auto", "off"):
             raise UsageError(f"--scene-cuts takes auto or off, got {opts.scene_cuts!r}")
+        if opts.segment_frames < 1:
+            raise UsageError(f"--segment-frames must be at least 1, got {opts.segment_frames}")
         self.opts, self.note = opts, note or (lambda msg: None)
         self.world, self.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
         self.device = pick_device(opts.device)
