@@ -28,6 +28,16 @@ def pattern(index: int, size: tuple[int, int]) -> np.ndarray:
     return rgb
 
 
+def second_shot(index: int, size: tuple[int, int]) -> np.ndarray:
+    """Frame `index` of another shot: the pattern turned around and brightened (a hard cut from `pattern`)."""
+    return (pattern(index, size)[::-1, ::-1] // 3 + 150).astype(np.uint8)
+
+
+def frame_at(index: int, size: tuple[int, int], cut_at: int | None = None) -> np.ndarray:
+    """`pattern`, or `second_shot` from frame `cut_at` on."""
+    return second_shot(index, size) if cut_at is not None and index >= cut_at else pattern(index, size)
+
+
 def vfr_pts(frames: int) -> list[int]:
     """Millisecond timestamps of the frames of a VFR clip."""
     pts, now = [], 0
@@ -49,6 +59,7 @@ def make_clip(
     faststart: bool = False,
     color: dict[str, int] | None = None,
     sar: Fraction | None = None,
+    cut_at: int | None = None,
 ) -> Path:
     """Write a libx264 clip of `frames` moving-pattern frames; returns the path.
 
@@ -56,7 +67,7 @@ def make_clip(
     timestamps cycling VFR_STEPS_MS; `audio` adds a mono AAC sine; `subtitles` adds a
     SubRip stream (mkv only); `faststart` moves the mp4 index to the front; `color` sets
     color_range/color_primaries/color_trc/colorspace tags (and the matrix used to make YUV);
-    `sar` sets a pixel aspect ratio.
+    `sar` sets a pixel aspect ratio; `cut_at`: a hard cut to `second_shot` at that frame.
     """
     path = Path(path)
     width, height = size
@@ -86,7 +97,7 @@ def make_clip(
         if subs is not None:
             subs.time_base = Fraction(1, 1000)
         for i, pts in enumerate(stamps):
-            frame = av.VideoFrame.from_ndarray(pattern(i, size), format="rgb24").reformat(
+            frame = av.VideoFrame.from_ndarray(frame_at(i, size, cut_at), format="rgb24").reformat(
                 format=pix_fmt, dst_colorspace=space, src_color_range=2, dst_color_range=range_
             )
             frame.pts = pts
@@ -163,13 +174,15 @@ def make_frame_folder(
     size: tuple[int, int] = (32, 24),
     ext: str = "png",
     names: list[str] | None = None,
+    cut_at: int | None = None,
 ) -> Path:
-    """Write pattern images frame1.<ext>, frame2.<ext>, ... (or `names`); returns the folder."""
+    """Write pattern images frame1.<ext>, frame2.<ext>, ... (or `names`); returns the folder.
+    `cut_at`: a hard cut to `second_shot` at that frame."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     names = names or [f"frame{i + 1}.{ext}" for i in range(frames)]
     for i, name in enumerate(names):
-        write_image(directory / name, pattern(i, size))
+        write_image(directory / name, frame_at(i, size, cut_at))
     return directory
 
 

@@ -1,6 +1,5 @@
 """High-bit-depth sources (10-bit video, 16-bit PNG) keep more than 8 bits through `vsrx upscale`."""
 
-import socket
 from pathlib import Path
 
 import av
@@ -10,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from clips import deep_pattern, make_clip, make_deep_clip, make_frame_folder, write_png16
+from faults import fail_on_call
 from torchvision import io as tvio
 
 import vsrx.inference as inference
 from vsrx.cli import main
 from vsrx.inference import Upscaler, pixels_to_numpy, pixels_to_tensor, to_pixels, to_uint8, to_uint16
-from vsrx.io.reader import Frame, format_bits, open_source
+from vsrx.io.reader import format_bits, open_source
 from vsrx.io.writer import VideoSink, _pick_pix_fmt, open_sink
 from vsrx.models import EDVR, EDVRConfig, save_model
 
@@ -275,34 +275,15 @@ def test_eight_bit_png_folder_still_gives_eight_bit_pngs(tmp_path, model_path, i
         assert next(c.decode(video=0)).format.name == "rgb24"
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_spill_and_gather_carries_the_frame_dtype(tmp_path, dtype):
-    import torch.distributed as dist
-
-    from vsrx.pipeline import spill_and_gather
-
-    rng = np.random.default_rng(0)
-    top = np.iinfo(dtype).max
-    frames = [(Frame(i, None, 10 * i if i else None, None, 10), rng.integers(0, top, (6, 5, 3), dtype=dtype, endpoint=True))
-              for i in range(3)]
-
-    class Sink:
-        got: list = []
-
-        def write(self, rgb, pts, duration):
-            self.got.append((rgb.copy(), pts, duration))
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        sink = Sink()
-        done = spill_and_gather(iter(frames), str(tmp_path / "out.mkv"), 0, 1, lambda k: None, sink)
-    finally:
-        dist.destroy_process_group()
-    assert done == 3 and len(sink.got) == 3
-    for (frame, rgb), (got, pts, duration) in zip(frames, sink.got):
-        assert got.dtype == dtype and np.array_equal(got, rgb)
-        assert (pts, duration) == (frame.pts, 10)
-    assert not list(tmp_path.iterdir())
+def test_ten_bit_video_resumed_from_segments_equals_one_run(tmp_path, model_path, monkeypatch):
+    src = make_deep_clip(tmp_path / "in.mkv", frames=6)
+    args = ["--model", model_path, "--quiet", "--segment-frames", "2", "--codec", "ffv1"]
+    assert run("upscale", src, tmp_path / "ref.mkv", *args).exit_code == 0
+    fail_on_call(monkeypatch, Upscaler, "_run", at=4)
+    assert run("upscale", src, tmp_path / "out.mkv", *args).exit_code != 0
+    monkeypatch.undo()
+    result = run("upscale", src, tmp_path / "out.mkv", *args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert stream_pix_fmt(tmp_path / "out.mkv") == stream_pix_fmt(tmp_path / "ref.mkv") == "yuv420p10le"
+    ref, out = (list(open_source(tmp_path / name, keep_bit_depth=True)) for name in ("ref.mkv", "out.mkv"))
+    assert len(out) == 6 and all(x.rgb.dtype == np.uint16 and np.array_equal(x.rgb, y.rgb) for x, y in zip(ref, out))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from clips import frame_at
 
 from vsrx.inference import upscale_stream
 from vsrx.io.windows import frame_indices
@@ -76,3 +77,32 @@ def test_feature_cache_stays_bounded():
     frames = (torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(60))
     assert len(list(Spy(model, batch=2).stream(frames, 60))) == 60
     assert max(r for r, _ in seen) <= 2 * 5 + 2 and max(p for _, p in seen) <= 2 * 5 + 2
+
+
+@pytest.mark.parametrize(("batch", "tile"), [(1, None), (2, None), (3, None), (2, 8)])
+def test_a_run_from_any_group_start_equals_the_whole_run_bit_for_bit(batch, tile):
+    """What resuming and splitting over ranks rely on: features and windows are computed in fixed
+    groups, so starting at any group boundary (or skipping ranges) changes no output bit."""
+    from vsrx.inference import Upscaler
+
+    model = small_model(num_frame=5)
+    frames = [torch.from_numpy(frame_at(i, (14, 10), cut_at=6)).permute(2, 0, 1) for i in range(12)]
+    up = Upscaler(model, batch=batch, tile=tile, tile_overlap=4, scene_threshold=0.25)
+    whole = list(up.stream(iter(frames), 12))
+    assert up.cuts == [6]
+    for lo in range(batch, 12, batch):
+        part = list(up.stream(iter(frames), 12, ranges=[(lo, 12)], anchor=0))
+        assert all(torch.equal(a, b) for a, b in zip(whole[lo:], part)), lo
+    holes = [(0, batch), (2 * batch, min(4 * batch, 12))]
+    got = list(up.stream(iter(frames), 12, ranges=holes, anchor=0))
+    assert all(torch.equal(a, whole[c]) for a, c in zip(got, [c for lo, hi in holes for c in range(lo, hi)]))
+
+
+def test_ranks_share_unfinished_ranges_contiguously():
+    from vsrx.pipeline import _merge, _share
+
+    todo = [(0, 4), (4, 8), (12, 16), (16, 18), (20, 24)]
+    shares = [_share(todo, r, 2) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == todo and shares[0] and shares[1]
+    assert max(r[1] for r in shares[0]) <= min(r[0] for r in shares[1])
+    assert _merge(shares[0]) == [(0, 8)] and _merge(todo) == [(0, 8), (12, 18), (20, 24)]

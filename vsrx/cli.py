@@ -64,7 +64,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 class FrameProgress:
-    """A rich progress bar (frames done/total, fps, ETA) that appears with the first frame."""
+    """A rich progress bar (frames done/total, fps, ETA) that appears with the first frame; frames
+    resumed from an earlier run count as done but not towards the fps."""
 
     def __init__(self, label: str, enabled: bool = True) -> None:
         self.label, self.enabled = label, enabled
@@ -73,23 +74,31 @@ class FrameProgress:
     def __enter__(self) -> "FrameProgress":
         return self
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, resumed: int = 0) -> None:
         if not self.enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         if self.bar is None:
-            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+            label = f"{self.label} ({resumed} resumed)" if resumed else self.label
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                                 TextColumn("{task.fields[fps]:.2f} fps"), TimeElapsedColumn(), TextColumn("ETA"),
                                 TimeRemainingColumn(), console=err_console.get())
             self.bar.start()
-            self.task = self.bar.add_task(self.label, total=total, fps=0.0)
+            self.task = self.bar.add_task(label, total=total, completed=resumed, fps=0.0)
         elapsed = self.bar.tasks[0].elapsed or 1e-9
-        self.bar.update(self.task, completed=done, total=total, fps=done / elapsed)
+        self.bar.update(self.task, completed=done, total=total, fps=(done - resumed) / elapsed)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+
+    def restart(self, label: str) -> "FrameProgress":
+        """End the current bar; the next call starts a new one with this label (the next file)."""
+        self.__exit__()
+        self.label = label
+        return self
 
 
 def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
@@ -103,15 +112,21 @@ def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command()
-@click.argument("src", type=click.Path())
-@click.argument("dst", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="SRC... [DST]")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Upscale every SRC into DIR/<name> (many files, one model load).")
+@click.option("--ext", help="With --out-dir: write every output in this container (mp4, mkv, mov, webm, avi); default: each source's own.")
+@click.option("--dry-run", is_flag=True, help="Print each source's frames, output size and estimated time (from a short timed run here); write nothing.")
+@click.option("--resume", is_flag=True, help="Continue the unfinished job of DST where it stopped (starts afresh when there is none).")
+@click.option("--scene-cuts", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: detect hard cuts and keep every window inside its shot.")
+@click.option("--scene-threshold", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="A frame starts a new shot when its luma histograms (2x2 cells, 16 bins) differ from the last frame's by more than this share of pixels.")
+@click.option("--segment-frames", type=click.IntRange(1), default=120, show_default=True, help="Frames per resumable segment (rounded up to a multiple of --batch); each is encoded on its own, starting on a keyframe.")
 @click.option("--model", help="Zoo name or .safetensors path (default: the bundled default model).")
 @click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn runs as decomp-9 exactly).")
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True, help="auto: fp16 on CUDA, fp32 on CPU.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Windows per model call.")
-@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True, help="How windows at the clip's ends are filled.")
+@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True, help="How windows at the clip's ends (and at scene cuts) are filled.")
 @click.option("--tile", type=click.IntRange(8), help="Process frames in tiles of this many LR pixels (bounded memory for large frames).")
 @click.option("--tile-overlap", type=click.IntRange(0), default=32, show_default=True, help="LR pixels of context around each tile.")
 @click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First frame to upscale (0-based).")
@@ -124,32 +139,104 @@ def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("-e", "--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE", help="Extra encoder option (repeatable).")
 @click.option("--no-audio", is_flag=True, help="Do not copy audio streams.")
 @click.option("--no-subs", is_flag=True, help="Do not copy subtitle streams.")
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists (and start an unfinished job of DST afresh).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the summary line.")
-def upscale(src: str, dst: str, as_frames: bool, encoder_options: tuple[str, ...], no_audio: bool, no_subs: bool,
-            quiet: bool, as_json: bool, **options) -> None:
-    """Upscale a video file or frame folder SRC by 4x into DST (a video file, or a folder of PNG frames)."""
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the summary line (or table).")
+def upscale(paths: tuple[str, ...], out_dir: str | None, ext: str | None, dry_run: bool, as_frames: bool,
+            encoder_options: tuple[str, ...], no_audio: bool, no_subs: bool, quiet: bool, as_json: bool, **options) -> None:
+    """Upscale a video file or frame folder SRC by 4x into DST (a video file, or a folder of PNG frames);
+    with --out-dir, every SRC into DIR/<name>."""
     import dataclasses
     import json
 
-    from vsrx.pipeline import UpscaleOptions, upscale as run_upscale
+    from vsrx.pipeline import Session, UpscaleOptions, upscale_many
 
+    if out_dir is None and len(paths) != 2:
+        raise UsageError("give SRC and DST, or SRC... with --out-dir DIR")
+    if ext is not None and out_dir is None:
+        raise UsageError("--ext goes with --out-dir (for one file, DST's extension picks the container)")
     opts = UpscaleOptions(**options, frames=as_frames, encoder_options=parse_encoder_options(encoder_options),
                           audio=not no_audio, subtitles=not no_subs)
-    note = (lambda msg: err_console.print(f"vsrx: {msg}")) if not as_json else (lambda msg: None)
-    with FrameProgress("upscaling", enabled=not quiet and not as_json) as progress:
-        result = run_upscale(src, dst, opts, progress, note)
-    if result is None:  # a non-zero torchrun rank
+    note = (lambda msg: err_console.print(f"vsrx: {msg}", markup=False, highlight=False, soft_wrap=True)) if not as_json else (lambda msg: None)
+    if dry_run:
+        if out_dir is None:
+            with Session(opts, note) as session:
+                estimates = [session.estimate(*paths)]
+        else:
+            estimates = upscale_many(list(paths), out_dir, opts, ext, note=note, dry_run=True)
+        if estimates is not None and estimates[0] is not None:
+            print_estimates(estimates, as_json)
+            if any(e.status.startswith("failed") for e in estimates):
+                sys.exit(1)
         return
-    for msg in result.notes:
-        note(msg)
+    if out_dir is None:
+        with FrameProgress("upscaling", enabled=not quiet and not as_json) as progress, Session(opts, note) as session:
+            result = session.run(*paths, progress)
+        if result is None:  # a non-zero torchrun rank
+            return
+        for msg in result.notes:
+            note(msg)
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(result)))
+        elif not quiet:
+            click.echo(summary_line(result))
+        return
+    with FrameProgress("", enabled=not quiet and not as_json) as bar:
+        outcomes = upscale_many(list(paths), out_dir, opts, ext, lambda name: bar.restart(f"upscaling {name}"), note)
+    if outcomes is None:
+        return
+    failed = sum(o.status == "failed" for o in outcomes)
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(result)))
-    elif not quiet:
-        size = result.bytes / 1e6
-        click.echo(f"{result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps) with {result.model} "
-                   f"[{result.mode}, {result.device}, {result.precision}] -> {result.output} ({size:.1f} MB)")
+        click.echo(json.dumps({"files": [dataclasses.asdict(o) for o in outcomes], "failed": failed}))
+    else:
+        print_outcomes(outcomes)
+    if failed:
+        sys.exit(1)
+
+
+def summary_line(result) -> str:
+    """One line for a finished upscale."""
+    size = result.bytes / 1e6
+    resumed = f" ({result.resumed} resumed, {result.computed} computed)" if result.resumed else ""
+    cuts = f", {len(result.scene_cuts)} scene cut{'s' if len(result.scene_cuts) > 1 else ''}" if result.scene_cuts else ""
+    return (f"{result.frames} frames{resumed}{cuts} in {result.seconds:.1f} s ({result.fps:.2f} fps) with {result.model} "
+            f"[{result.mode}, {result.device}, {result.precision}] -> {result.output} ({size:.1f} MB)")
+
+
+def print_outcomes(outcomes) -> None:
+    """The table at the end of a many-files upscale."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="vsrx upscale")
+    for column in ("source", "status", "frames", "resumed", "seconds", "fps", "output / error"):
+        table.add_column(column, justify="right" if column in ("frames", "resumed", "seconds", "fps") else "left")
+    for o in outcomes:
+        r = o.result
+        numbers = [str(r.frames), str(r.resumed), f"{r.seconds:.1f}", f"{r.fps:.2f}"] if r else ["-"] * 4
+        table.add_row(o.source, o.status, *numbers, o.error or o.output)
+    Console(highlight=False, width=max(Console().width, 120)).print(table)
+
+
+def print_estimates(estimates, as_json: bool) -> None:
+    """What --dry-run found for each source."""
+    import dataclasses
+    import json
+
+    if as_json:
+        click.echo(json.dumps({"dry_run": [dataclasses.asdict(e) for e in estimates]}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="vsrx upscale --dry-run (nothing written)")
+    for column in ("source", "frames", "to compute", "output size", "s/frame", "estimated", "output", "status"):
+        table.add_column(column, justify="right" if column in ("frames", "to compute", "s/frame", "estimated") else "left")
+    for e in estimates:
+        minutes, seconds = divmod(round(e.seconds), 60)
+        table.add_row(e.source, str(e.frames), str(e.todo), e.size, f"{e.seconds_per_frame:.3f}",
+                      f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}", e.output, e.status)
+    Console(highlight=False, width=max(Console().width, 120)).print(table)
 
 
 @main.command()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vsrx.errors import VsrxError
+from vsrx.io.scenes import SceneCuts
 from vsrx.io.windows import frame_indices
 from vsrx.models.edvr import EDVR
 
@@ -67,7 +68,8 @@ class Upscaler:
     ``stream(frames, total)`` takes (3, H, W) tensors (uint8, uint16 or float in [0, 1]) in order and
     yields (3, 4H, 4W) outputs in the model dtype, not clamped. Any H, W works (reflect-padded
     to multiples of 4 for the model, outputs cropped to exactly 4H x 4W). ``cache=False``
-    recomputes every window's features (the naive reference).
+    recomputes every window's features (the naive reference). ``scene_threshold``: detect hard
+    cuts (`vsrx.io.scenes`) and keep every window inside its shot; None: off.
     """
 
     def __init__(
@@ -81,63 +83,102 @@ class Upscaler:
         tile: int | None = None,
         tile_overlap: int = 32,
         cache: bool = True,
+        scene_threshold: float | None = None,
         on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.model, self.padding, self.batch = model, padding, max(batch, 1)
         self.device, self.dtype = torch.device(device), dtype
         self.tile, self.tile_overlap, self.cache = tile, tile_overlap, cache
+        self.scene_threshold = scene_threshold
         self.on_retry = on_retry or (lambda msg: None)
         self.num_frame = model.config.num_frame
         self.total_seen: int | None = None
         self.size: tuple[int, int] | None = None
+        self.cuts: list[int] = []  # frames found to start a new shot, in the frames decoded so far
+        self._anchor = 0
 
     def windows(self, centre: int, total: int) -> list[int]:
-        return frame_indices(centre, self.num_frame, total, self.padding)
+        return frame_indices(centre, self.num_frame, total, self.padding, self.cuts)
+
+    def _group_end(self, centre: int) -> int:
+        """End of the group of ``batch`` centres that ``centre`` belongs to (a grid from the anchor)."""
+        return self._anchor + ((centre - self._anchor) // self.batch + 1) * self.batch
+
+    def _chunk_start(self, index: int) -> int:
+        """First frame of the group of ``batch`` frames whose features are extracted together with ``index``.
+
+        The grid is offset by T//2 so that each step of a run extracts exactly one whole group.
+        Without the cache, each window's frames are extracted on their own (the naive reference).
+        """
+        if not self.cache:
+            return index
+        offset = self._anchor + self.num_frame // 2
+        return offset + (index - offset) // self.batch * self.batch
 
     @torch.inference_mode()
-    def stream(self, frames: Iterable[Tensor], total: int, start: int = 0, end: int | None = None) -> Iterator[Tensor]:
-        """Outputs for centres start..end-1 of a ``total``-frame clip; ``frames`` yields from frame 0.
+    def stream(self, frames: Iterable[Tensor], total: int, start: int = 0, end: int | None = None, *,
+               ranges: Iterable[tuple[int, int]] | None = None, anchor: int | None = None) -> Iterator[Tensor]:
+        """Outputs for centres start..end-1 of a ``total``-frame clip, or for each [lo, hi) of ``ranges``
+        in turn; ``frames`` yields from frame 0.
 
-        Frames before the first window of ``start`` are skipped unprocessed. If the stream ends
-        early (a truncated file), the clip is taken to end there: ``total_seen`` records the count.
+        Windows are reconstructed in groups of ``batch`` centres and features extracted in groups
+        of ``batch`` frames, both on a grid fixed from ``anchor`` (default: the first centre): so
+        every output is the same whichever group boundary a run starts at, which is what makes a
+        resumed or split run equal to a whole one. Frames that no window of the ranges needs are
+        decoded (and watched for scene cuts) but not processed. If the stream ends early (a
+        truncated file), the clip is taken to end there: ``total_seen`` records the count (and
+        without ``ranges``, ending before the first centre is an error).
         """
-        self.total_seen = None
-        end = total if end is None else end
-        it = enumerate(frames)
+        spans = [(start, total if end is None else end)] if ranges is None else [r for r in ranges if r[0] < r[1]]
+        self.total_seen, self.cuts = None, []
+        if not spans:
+            return
+        self._anchor = spans[0][0] if anchor is None else anchor
+        detect = SceneCuts(self.scene_threshold) if self.scene_threshold is not None else None
+        it = iter(frames)
         raw: dict[int, Tensor] = {}  # padded LR frames still needed
         pyramids: dict[tuple[int, int], tuple[Tensor, ...]] = {}  # (frame, tile) -> per-frame features
-        first = min(min(self.windows(c, total)) for c in range(start, min(start + self.num_frame, end)))
-        decoded, centre = 0, start
-        while centre < end:
-            centres = list(range(centre, min(centre + self.batch, end)))
-            wins = [self.windows(c, total) for c in centres]
-            while decoded <= max(i for w in wins for i in w):
-                index, frame = next(it, (None, None))
-                if frame is None:  # shorter than announced: the clip ends here
-                    if decoded <= centres[0]:
-                        raise VsrxError(f"the video ended after {decoded} frames, before frame {centres[0]}")
-                    total = end = self.total_seen = decoded
-                    centres = [c for c in centres if c < end]
+        decoded, yielded = 0, False
+        for lo, hi in spans:
+            centre = lo
+            while centre < min(hi, total):
+                centres = list(range(centre, min(self._group_end(centre), hi, total)))
+                # A window reaches at most T-1 frames back from its centre; drop what lies before that.
+                keep_from = self._chunk_start(centre - self.num_frame + 1)
+                for i in [i for i in raw if i < keep_from]:
+                    del raw[i]
+                for key in [key for key in pyramids if key[0] not in raw]:
+                    del pyramids[key]
+                while True:  # decode until the windows (which depend on the cuts found so far) are all in
                     wins = [self.windows(c, total) for c in centres]
-                    break
-                if index >= first:
-                    raw[index] = self._prepare(frame)
-                    self.size = tuple(frame.shape[-2:])
-                decoded += 1
-            if not self.cache:
-                pyramids.clear()
-            out = self._run_with_retry(wins, raw, pyramids)
-            h, w = self.size
-            for k in range(len(centres)):
-                yield out[k, :, : 4 * h, : 4 * w]
-            # Keep what the next windows need; windows further on never reach back past the last centre.
-            last = centres[-1]
-            keep = {i for c in range(last + 1, min(last + 1 + self.num_frame, total)) for i in self.windows(c, total)}
-            for i in [i for i in raw if i <= last and i not in keep]:
-                del raw[i]
-            for key in [key for key in pyramids if key[0] not in raw]:
-                del pyramids[key]
-            centre = last + 1
+                    need = max(min(self._chunk_start(i) + self.batch, total) if self.cache else i + 1
+                               for w in wins for i in w)
+                    if need <= decoded:
+                        break
+                    frame = next(it, None)
+                    if frame is None:  # shorter than announced: the clip ends here
+                        if decoded <= centres[0]:
+                            if not yielded and ranges is None:
+                                raise VsrxError(f"the video ended after {decoded} frames, before frame {centres[0]}")
+                            self.total_seen = decoded
+                            return
+                        total = self.total_seen = decoded
+                        centres = [c for c in centres if c < total]
+                        continue
+                    if detect is not None and detect(frame):
+                        self.cuts.append(decoded)
+                    if decoded >= keep_from:
+                        raw[decoded] = self._prepare(frame)
+                        self.size = tuple(frame.shape[-2:])
+                    decoded += 1
+                if not self.cache:
+                    pyramids.clear()
+                out = self._run_with_retry(wins, raw, pyramids)
+                h, w = self.size
+                for k in range(len(centres)):
+                    yield out[k, :, : 4 * h, : 4 * w]
+                yielded = True
+                centre = centres[-1] + 1
 
     def _prepare(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -165,16 +206,23 @@ class Upscaler:
                 torch.cuda.empty_cache()
                 self.on_retry(f"out of GPU memory: retrying with --tile {self.tile}")
 
+    def _extraction_groups(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict, t: int) -> list[list[int]]:
+        """The frames whose features are missing for these windows, in the groups they are extracted in:
+        with the cache, each missing frame's whole `_chunk_start` group; without, batch * T at a time."""
+        todo = sorted({i for win in wins for i in win if (i, t) not in pyramids})
+        if not self.cache:
+            chunk = self.batch * self.num_frame
+            return [todo[s : s + chunk] for s in range(0, len(todo), chunk)]
+        starts = sorted({self._chunk_start(i) for i in todo})
+        return [[i for i in range(s, s + self.batch) if i in raw and (i, t) not in pyramids] for s in starts]
+
     def _run(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict) -> Tensor:
         h, w = next(iter(raw.values())).shape[-2:]
         tiles = make_tiles(h, w, self.tile, self.tile_overlap)
         out = None
         for t, tile in enumerate(tiles):
             top, left, bottom, right = tile.context
-            todo = sorted({i for win in wins for i in win if (i, t) not in pyramids})
-            chunk = self.batch * self.num_frame
-            for s in range(0, len(todo), chunk):
-                ids = todo[s : s + chunk]
+            for ids in self._extraction_groups(wins, raw, pyramids, t):
                 feats = self.model.extract(torch.stack([raw[i][:, top:bottom, left:right] for i in ids]), with_terms=True)
                 for k, i in enumerate(ids):
                     pyramids[(i, t)] = tuple(level[k] for level in feats)

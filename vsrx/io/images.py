@@ -59,10 +59,15 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(img.permute(1, 2, 0).numpy())
 
 
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write HxWx3 uint8 RGB as a PNG file."""
+def encode_png(rgb: np.ndarray) -> bytes:
+    """HxWx3 uint8 RGB as the bytes of a PNG file."""
     tvio, ctx = _codecs(), _quiet()
     try:
-        tvio.write_png(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous(), str(path))
+        return tvio.encode_png(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()).numpy().tobytes()
     finally:
         ctx.__exit__(None, None, None)
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write HxWx3 uint8 RGB as a PNG file."""
+    Path(path).write_bytes(encode_png(rgb))

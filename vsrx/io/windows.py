@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
+
 from vsrx.errors import InputError, UsageError
 
 PADDINGS = ("replicate", "reflection", "reflection_circle", "circle")
 
 
-def frame_indices(center: int, num_frames: int, total: int, padding: str = "reflection") -> list[int]:
+def frame_indices(
+    center: int, num_frames: int, total: int, padding: str = "reflection", cuts: Sequence[int] = ()
+) -> list[int]:
     """Indices of the `num_frames` window around `center` in a clip of `total` frames.
 
     Out-of-range neighbours follow BasicSR's `generate_frame_indices` rules; on clips
     shorter than the window, where those rules still point outside the clip, the index
     is folded back in (clamped for replicate, mirrored for reflection*, wrapped for circle).
+    `cuts` (sorted indices of frames that start a new shot) end the clip for this rule: the
+    window stays inside the shot of `center`, padded at the cuts as at the clip's ends.
+    Every index lies within `num_frames - 1` of `center`.
     """
     _check_window(center, num_frames, total)
+    k = bisect_right(cuts, center)
+    first = cuts[k - 1] if k else 0
+    last = cuts[k] if k < len(cuts) else total
+    if (first, last) != (0, total):
+        return [first + i for i in frame_indices(center - first, num_frames, last - first, padding)]
     if padding not in PADDINGS:
         raise UsageError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
     half, last = num_frames // 2, total - 1
