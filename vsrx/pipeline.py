@@ -265,7 +265,7 @@ class Session:
     def _manifest(self, source: FrameSource, start: int, end: int, frames_out: bool) -> dict:
         """What a resumed job must share with the one it continues: input, model, every option that
         changes pixels or encoding, software versions."""
-        import av
+        from vsrx.io.reader import av  # None where PyAV is not installed (frame folders only)
 
         o = self.opts
         options = {"frames": frames_out, "start": start, "end": end, "segment_frames": self.segment_frames,
@@ -279,7 +279,7 @@ class Session:
         return {"input": fingerprint(source),
                 "model": {"name": self.model_name, "mode": self.asked.mode_name, "sha256": self.model_sha256},
                 "options": options,
-                "software": {"vsrx": vsrx.__version__, "torch": torch.__version__, "av": av.__version__}}
+                "software": {"vsrx": vsrx.__version__, "torch": torch.__version__, "av": av and av.__version__}}
 
     def _agree(self, error: BaseException | None, payload=None):
         """Every rank learns whether any rank failed (then all raise) and gets rank 0's payload."""
