@@ -390,7 +390,7 @@ def models(as_json: bool) -> None:
         click.echo(f"no pretrained models are bundled ({zoo.WEIGHTS_DIR / 'manifest.json'} is missing)")
         return
     table = Table(title=f"vsrx model zoo ({zoo.WEIGHTS_DIR})")
-    for column in ("name", "mode", "N", "G", "frames", "params", "Vimeo Y gain", "bikes Y gain", "file"):
+    for column in ("name", "mode", "N", "G", "frames", "params", "DAVIS Y gain", "Vimeo Y gain", "bikes Y gain", "file"):
         table.add_column(column, justify="left" if column in ("name", "mode", "file") else "right")
     default = zoo.manifest().get("default")
     for name, e in entries.items():
@@ -400,7 +400,7 @@ def models(as_json: bool) -> None:
         present = (zoo.WEIGHTS_DIR / e["file"]).is_file()
         label = name + (" (default)" if name == default else "")
         table.add_row(label, zoo.mode_of(e) if "align" in e else e.get("arch", "-"), str(e.get("offsets", "-")),
-                      str(e.get("groups", "-")), str(e.get("frames", "-")), f"{e['params']:,}", gain("vimeo90k_00002"),
+                      str(e.get("groups", "-")), str(e.get("frames", "-")), f"{e['params']:,}", gain("davis"), gain("vimeo90k_00002"),
                       gain("bikes"), "present" if present else "MISSING")
     Console(highlight=False, width=max(Console().width, 120)).print(table)
 
