@@ -101,7 +101,7 @@ def test_vid4_clips_and_frames_are_sorted_naturally(tmp_path):
     make_folder(tmp_path / "GT" / "calendar", 1, 16, 16)
     ds = vid4(tmp_path)
     assert ds.channel == "y" and [c.name for c in ds.clips] == ["calendar", "walk"]
-    assert [p.name for p in ds.clips[1].gt_paths] == ["f0.png", "f1.png", "f2.png", "f10.png"]
+    assert [p.name for p in ds.clips[1].frames] == ["f0.png", "f1.png", "f2.png", "f10.png"]
 
 
 def test_vid4_uses_bix4_next_to_gt(tmp_path):

@@ -158,7 +158,7 @@ def test_frame_folder_resumes_by_frame(tmp_path, model_path, monkeypatch):
     src = make_frame_folder(tmp_path / "frames", frames=10, size=(20, 12))
     args = ["--model", model_path, "--batch", "2", "--quiet"]
     assert run("upscale", src, tmp_path / "ref", *args).exit_code == 0
-    fail_on_call(monkeypatch, vsrx.io.job, "write_png_frame", at=4)  # 3 frames written, then a crash
+    fail_on_call(monkeypatch, vsrx.io.job, "write_png", at=4)  # 3 frames written, then a crash
     assert run("upscale", src, tmp_path / "sr", *args).exit_code != 0
     monkeypatch.undo()
     assert len(list((tmp_path / ".sr.vsrx-job" / "frames").iterdir())) == 3

@@ -275,3 +275,26 @@ def test_lr_made_on_the_device_equals_lr_made_by_the_dataset(tmp_path, synthetic
         assert "lr" not in b and b["hr"].dtype == torch.uint8 and b["hr"].shape == (3, 3, 48, 48)
         torch.testing.assert_close(lr_from_hr(b["hr"][None])[0], a["lr"], rtol=0, atol=1e-6)
         torch.testing.assert_close(a["gt"], b["gt"], rtol=0, atol=0)
+
+
+def test_training_validation_scores_the_first_frames_as_vsrx_eval_does(tmp_path):
+    """The --val scores of the first 3 frames of a 5-frame clip are evaluate()'s scores of a 3-frame clip."""
+    from vsrx.evaluate.datasets import open_dataset
+    from vsrx.evaluate.runner import RowSpec, evaluate
+    from vsrx.inference import to_uint8, upscale_stream
+    from vsrx.models import build_model
+    from vsrx.train.trainer import validate
+
+    frames = smooth_frames(5, 32, 48)
+    write_frames(tmp_path / "clip", frames)
+    write_frames(tmp_path / "first3" / "clip", frames[:3])
+    torch.manual_seed(0)
+    model = build_model("edvr-s", "decomp", 2, 2, 3).eval()
+    scores = validate(model, (str(tmp_path / "clip"),), 3, torch.device("cpu"))
+
+    def sr(lr):
+        return [to_uint8(x).numpy() for x in upscale_stream(model, (torch.from_numpy(f).permute(2, 0, 1) for f in lr), len(lr))]
+
+    bicubic, ours = (row["clips"]["clip"] for row in evaluate(open_dataset("frames", [tmp_path / "first3" / "clip"]), [(RowSpec("m"), sr)])["rows"])
+    assert scores == {"clip": {"psnr_y": ours["psnr_y"], "psnr_rgb": ours["psnr_rgb"], "bicubic_psnr_y": bicubic["psnr_y"],
+                               "bicubic_psnr_rgb": bicubic["psnr_rgb"], "frames": 3}}

@@ -1,4 +1,5 @@
 """Benchmark layouts (REDS4, Vid4, Vimeo-90K-T, a frame folder, video files) as clips of GT and LR frames.
+Training (`vsrx.train.data`) lists its REDS and Vimeo-90K clips with the same `Clip` and helpers.
 
 LR frames come from an LR folder when there is one, otherwise from the GT: crop to a multiple of 4,
 MATLAB bicubic x1/4, round to uint8.
@@ -27,7 +28,7 @@ CONVENTIONAL_CHANNEL = {"reds4": "rgb", "vid4": "y", "vimeo90k-t": "y", "frames"
 LAYOUTS = tuple(CONVENTIONAL_CHANNEL)
 
 
-def read_image(path: Path, clip: str) -> np.ndarray:
+def _read(path: Path, clip: str) -> np.ndarray:
     """Decode an 8-bit image file to HxWx3 uint8 RGB; errors name the clip and file."""
     try:
         return images.read_image(path)
@@ -40,16 +41,35 @@ def _size(img: np.ndarray) -> str:
     return f"{img.shape[1]}x{img.shape[0]}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Clip:
-    """One sequence: GT from image files or a video, LR from image files or generated from the GT."""
+    """One sequence, for evaluation (its full-resolution frames are the GT) and for training (the HR).
+
+    The full-resolution frames are image files or an in-memory (T, H, W, 3) uint8 array (``frames``),
+    or a video file streamed as `vsrx.io.reader.VideoSource` decodes it (``video``). The LR frames
+    are image files (``lr``), or, when None, made from the full-resolution frames: crop to a
+    multiple of 4, MATLAB bicubic x1/4, round to uint8.
+    """
 
     name: str
-    gt_paths: tuple[Path, ...] = ()
-    lr_paths: tuple[Path, ...] | None = None
+    frames: tuple[Path, ...] | np.ndarray = ()
+    lr: tuple[Path, ...] | None = None
     video: Path | None = None
     scored: tuple[int, ...] | None = None
     """Indices of the frames that are scored; None scores every frame."""
+
+    def __len__(self) -> int:
+        """The number of frames in ``frames`` (0 for a video, which is only streamed)."""
+        return len(self.frames)
+
+    def frame(self, i: int) -> np.ndarray:
+        """Full-resolution frame ``i`` of ``frames`` (HxWx3 uint8)."""
+        frame = self.frames[i]
+        return frame if isinstance(frame, np.ndarray) else _read(frame, self.name)
+
+    def lr_frame(self, i: int) -> np.ndarray:
+        """Stored LR frame ``i`` (HxWx3 uint8)."""
+        return _read(self.lr[i], self.name)
 
     def scored_indices(self, num_frames: int) -> list[int]:
         """The scored frame indices of a clip of `num_frames` frames, ascending."""
@@ -67,15 +87,15 @@ class Clip:
             except InputError as error:
                 raise InputError(f"clip {self.name}: {error}") from error
             return
-        for i, path in enumerate(self.gt_paths):
+        for i, frame in enumerate(self.frames):
             if wanted is None or i in wanted:
-                yield i, str(path), read_image(path, self.name)
+                yield i, f"frame {i}" if isinstance(frame, np.ndarray) else str(frame), self.frame(i)
 
     def lr_frames(self) -> list[np.ndarray]:
         """All LR frames (HxWx3 uint8, one size), read from the LR files or generated from the GT."""
         labelled: list[tuple[str, np.ndarray]] = []
-        if self.lr_paths is not None:
-            labelled = [(str(path), read_image(path, self.name)) for path in self.lr_paths]
+        if self.lr is not None:
+            labelled = [(str(path), _read(path, self.name)) for path in self.lr]
         else:
             for _, label, gt in self._gt():
                 if min(gt.shape[:2]) < SCALE:
@@ -130,13 +150,13 @@ def _list_images(folder: Path, clip: str) -> tuple[Path, ...]:
     return tuple(paths)
 
 
-def _folder_clip(name: str, gt_dir: Path, lr_dir: Path | None, scored: tuple[int, ...] | None = None) -> Clip:
+def folder_clip(name: str, gt_dir: Path, lr_dir: Path | None, scored: tuple[int, ...] | None = None) -> Clip:
     """A clip from a GT frame folder and an optional LR frame folder with as many frames."""
     gt = _list_images(gt_dir, name)
     lr = None if lr_dir is None else _list_images(lr_dir, name)
     if lr is not None and len(lr) != len(gt):
         raise InputError(f"clip {name}: {len(gt)} GT frames in {gt_dir} but {len(lr)} LR frames in {lr_dir}")
-    return Clip(name=name, gt_paths=gt, lr_paths=lr, scored=scored)
+    return Clip(name=name, frames=gt, lr=lr, scored=scored)
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -144,7 +164,7 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir()), key=natural_key)
 
 
-def _x4(folder: Path) -> Path:
+def x4_subfolder(folder: Path) -> Path:
     """`folder`/X4 when it exists, else `folder`."""
     return folder / "X4" if (folder / "X4").is_dir() else folder
 
@@ -158,9 +178,9 @@ def reds4(root: Path, lr_root: Path | None = None) -> Dataset:
     if lr_root is None:
         candidates = [root / "train_sharp_bicubic", root / "sharp_bicubic"]
         lr_root = next((d for d in candidates if d.is_dir()), None)
-    lr_base = None if lr_root is None else _x4(Path(lr_root))
+    lr_base = None if lr_root is None else x4_subfolder(Path(lr_root))
     clips = tuple(
-        _folder_clip(name, gt_base / name, None if lr_base is None else lr_base / name) for name in REDS4_CLIPS
+        folder_clip(name, gt_base / name, None if lr_base is None else lr_base / name) for name in REDS4_CLIPS
     )
     return Dataset("reds4", clips, CONVENTIONAL_CHANNEL["reds4"])
 
@@ -178,41 +198,53 @@ def vid4(root: Path, lr_root: Path | None = None) -> Dataset:
     if not clip_dirs:
         raise InputError(f"Vid4: no clip folders in {root}")
     clips = tuple(
-        _folder_clip(d.name, d, None if lr_root is None else _x4(Path(lr_root)) / d.name) for d in clip_dirs
+        folder_clip(d.name, d, None if lr_root is None else x4_subfolder(Path(lr_root)) / d.name) for d in clip_dirs
     )
     return Dataset("vid4", clips, CONVENTIONAL_CHANNEL["vid4"])
 
 
-def vimeo90k_t(root: Path, lr_root: Path | None = None) -> Dataset:
-    """Vimeo-90K-T: root/sequences/XXXXX/XXXX/im1..7.png listed in root/sep_testlist.txt; im4 is scored."""
+def excluded(name: str | Path, exclude: Sequence[str]) -> bool:
+    """Whether a clip's relative name, or any folder on its path, is in `exclude` (held-out clips)."""
+    return str(name) in exclude or any(part in exclude for part in Path(name).parts)
+
+
+def vimeo_septuplets(root: Path, listing: str, lr_root: Path | None = None, exclude: Sequence[str] = ()) -> list[Clip]:
+    """Vimeo-90K: root/sequences/XXXXX/XXXX/im1..7.png, those named in root/`listing` (sep_trainlist.txt,
+    sep_testlist.txt) when it exists, else all; LR frames under lr_root[/sequences] when given; im4 is scored."""
     root = Path(root)
     seq = root / "sequences"
     if not seq.is_dir():
-        raise InputError(f"Vimeo-90K-T: folder {seq} does not exist")
-    listing = root / "sep_testlist.txt"
-    if listing.is_file():
-        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        raise InputError(f"Vimeo-90K layout expected: {seq}/XXXXX/XXXX/im1.png ... im7.png")
+    names_file = root / listing
+    if names_file.is_file():
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
     else:
         names = [f"{a.name}/{b.name}" for a in _subdirs(seq) for b in _subdirs(a)]
-    if not names:
-        raise InputError(f"Vimeo-90K-T: no septuplets in {seq}")
     lr_base = None
     if lr_root is not None:
         lr_root = Path(lr_root)
         lr_base = lr_root / "sequences" if (lr_root / "sequences").is_dir() else lr_root
     clips = []
-    for name in names:
-        clip = _folder_clip(name, seq / name, None if lr_base is None else lr_base / name, (VIMEO_CENTRE,))
-        if len(clip.gt_paths) != VIMEO_FRAMES:
-            raise InputError(f"clip {name}: {seq / name} holds {len(clip.gt_paths)} frames, not {VIMEO_FRAMES}")
+    for name in (n for n in names if not excluded(n, exclude)):
+        clip = folder_clip(name, seq / name, None if lr_base is None else lr_base / name, (VIMEO_CENTRE,))
+        if len(clip.frames) != VIMEO_FRAMES:
+            raise InputError(f"clip {name}: {seq / name} holds {len(clip.frames)} frames, not {VIMEO_FRAMES}")
         clips.append(clip)
-    return Dataset("vimeo90k-t", tuple(clips), CONVENTIONAL_CHANNEL["vimeo90k-t"])
+    if not clips:
+        raise InputError(f"no Vimeo-90K septuplets in {seq}")
+    return clips
+
+
+def vimeo90k_t(root: Path, lr_root: Path | None = None) -> Dataset:
+    """Vimeo-90K-T: the septuplets listed in root/sep_testlist.txt (all when it is missing); im4 is scored."""
+    clips = tuple(vimeo_septuplets(root, "sep_testlist.txt", lr_root))
+    return Dataset("vimeo90k-t", clips, CONVENTIONAL_CHANNEL["vimeo90k-t"])
 
 
 def frames(gt: Path, lr: Path | None = None) -> Dataset:
     """One clip from a folder of GT frames and an optional folder of LR frames."""
     gt = Path(gt)
-    clip = _folder_clip(gt.resolve().name, gt, None if lr is None else Path(lr))
+    clip = folder_clip(gt.resolve().name, gt, None if lr is None else Path(lr))
     return Dataset("frames", (clip,), CONVENTIONAL_CHANNEL["frames"])
 
 

@@ -28,7 +28,9 @@ import numpy as np
 
 from vsrx.errors import UsageError
 from vsrx.io.reader import FrameSource
-from vsrx.io.writer import VideoSink, join_videos, move_into_place, remove_path, write_atomic, write_png_frame
+from vsrx.io.atomic import atomic_write, remove_path
+from vsrx.io.images import write_png
+from vsrx.io.writer import VideoSink, join_videos, move_into_place
 
 try:
     import fcntl
@@ -102,7 +104,8 @@ class Job:
 
     def mark(self, n: int, frames: int, cuts: list[int], notes: list[str]) -> None:
         """Record segment n as done (after its segment file or frames are in place)."""
-        write_atomic(self.folder / f"seg-{n:06d}.json", json.dumps({"frames": frames, "cuts": cuts, "notes": notes}).encode())
+        marker = json.dumps({"frames": frames, "cuts": cuts, "notes": notes}).encode()
+        atomic_write(self.folder / f"seg-{n:06d}.json", marker, fsync=False)
 
     def _first_missing(self, n: int) -> int:
         """The first frame of segment n still to compute (frames are written in order)."""
@@ -153,7 +156,7 @@ class Job:
                     remove_path(entry)
             if self.frames:
                 (self.folder / "frames").mkdir()
-            write_atomic(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+            atomic_write(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode(), fsync=False)
             return 0
         except BaseException:
             self.release()
@@ -228,7 +231,7 @@ class SegmentWriter:
             self._sink.write(rgb, pts, duration)
             self.written += 1
         elif not self.job.frame_path(index).exists():  # else written by the run this one resumes
-            write_png_frame(self.job.frame_path(index), rgb)
+            write_png(self.job.frame_path(index), rgb)
             self.written += 1
         self._last = index
         if index == self.job.segments[n][1] - 1:

@@ -11,8 +11,8 @@ from typing import Literal
 
 import numpy as np
 
-from vsrx.errors import InputError, VsrxError
-from vsrx.io.images import IMAGE_EXTENSIONS, list_images, read_image
+from vsrx.errors import InputError
+from vsrx.io.images import IMAGE_EXTENSIONS, list_images, read_image, require_av
 
 try:  # PyAV is needed only for video files; frame folders fall back to torchvision's codecs
     import av
@@ -42,12 +42,6 @@ class Frame:
     def bits(self) -> int:
         """Bits per component of `rgb`: 8 (uint8) or 16 (uint16)."""
         return self.rgb.dtype.itemsize * 8
-
-
-def require_av(what: str) -> None:
-    """Raise a one-line VsrxError when PyAV, which `what` needs, is not installed."""
-    if av is None:
-        raise VsrxError(f"{what} needs PyAV, which is not installed: pip install av")
 
 
 def format_bits(pix_fmt: str | None) -> int:

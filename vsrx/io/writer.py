@@ -4,17 +4,14 @@ Output goes to a hidden temporary file or folder beside the target and is rename
 only by `close()`; `abort()` (or an exception inside a `with` block) deletes it instead.
 Frames are HxWx3 RGB, uint8 (rgb24) or uint16 (rgb48, 16 bits per component): the latter keep
 the precision of a high-bit-depth source through to a 10/12/16-bit pix_fmt or 16-bit PNGs.
-For resumable jobs (`vsrx.io.job`): `write_png_frame` writes one PNG whole or not at all, and
-`join_videos` concatenates separately encoded parts without re-encoding.
+For resumable jobs (`vsrx.io.job`): `join_videos` concatenates separately encoded parts without re-encoding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 import secrets
-import shutil
 from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -24,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from vsrx.errors import UsageError, VsrxError
-from vsrx.io.images import encode_png
-from vsrx.io.reader import FrameSource, format_bits, require_av
+from vsrx.io.atomic import remove_path, replace_path
+from vsrx.io.images import check_frame, require_av, rgb_format, write_png
+from vsrx.io.reader import FrameSource, format_bits
 
-try:  # PyAV is needed only for video files; PNG frames fall back to torchvision's encoder
+try:  # PyAV is needed only for video files (vsrx.io.images writes PNG frames without it)
     import av
     from av.codec.context import Flags
     from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
@@ -55,18 +53,9 @@ class _AtomicTarget:
 
     def commit(self) -> None:
         """Move the finished temporary output onto the target, replacing an old one if allowed."""
-        if not self.path.exists():
-            os.replace(self.temp, self.path)
-            return
-        if not self.overwrite:
+        if self.path.exists() and not self.overwrite:
             raise UsageError(f"output {self.path} appeared while writing; result left in {self.temp}")
-        if self.temp.is_file() and self.path.is_file():
-            os.replace(self.temp, self.path)
-            return
-        old = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.old")
-        os.replace(self.path, old)
-        os.replace(self.temp, self.path)
-        remove_path(old)
+        replace_path(self.temp, self.path)
 
     def discard(self) -> None:
         """Delete the temporary output, if any."""
@@ -291,7 +280,7 @@ class VideoSink(_Muxer):
 
     def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
         """Encode one uint8 or uint16 HxWx3 frame at `pts` (source time base; None: one frame after the last)."""
-        _check_frame(rgb)
+        check_frame(rgb)
         if self._stream is None:
             self._start(rgb.shape[1], rgb.shape[0], rgb.dtype)
         if self._pad is not None:
@@ -307,7 +296,7 @@ class VideoSink(_Muxer):
             pts = self._last_pts + 1
         self._last_pts = pts
         frame = self._reformatter.reformat(
-            av.VideoFrame.from_ndarray(rgb, format=_rgb_format(rgb)),
+            av.VideoFrame.from_ndarray(rgb, format=rgb_format(rgb)),
             format=self._pix_fmt,
             dst_colorspace=self._colorspace,
             src_color_range=ColorRange.JPEG,
@@ -376,11 +365,11 @@ class FrameFolderSink(_Sink):
 
     def write(self, rgb: np.ndarray, pts: int | None = None, duration: int | None = None) -> None:
         """Write one uint8 or uint16 HxWx3 frame as the next PNG; timestamps are not stored."""
-        _check_frame(rgb)
+        check_frame(rgb)
         size = (rgb.shape[1], rgb.shape[0])
         if self._size is not None and size != self._size:
             raise ValueError(f"frame is {size[0]}x{size[1]}, earlier frames are {self._size[0]}x{self._size[1]}")
-        write_png_frame(self._target.temp / f"{self._count:08d}.png", rgb)
+        write_png(self._target.temp / f"{self._count:08d}.png", rgb)
         self._size = size
         self._count += 1
 
@@ -404,34 +393,6 @@ class FrameFolderSink(_Sink):
         if not self._closed:
             self._closed = True
             self._target.discard()
-
-
-def write_png_frame(path: Path, rgb: np.ndarray) -> None:
-    """Write a uint8 or uint16 HxWx3 frame as an 8-bit (rgb24) or 16-bit (rgb48) PNG, whole or not
-    at all: it is encoded to a hidden sibling renamed onto `path`. Without PyAV, 8-bit only."""
-    _check_frame(rgb)
-    if av is None:
-        if rgb.dtype != np.uint8:
-            require_av("writing 16-bit PNG frames")
-        write_atomic(path, encode_png(rgb))
-        return
-    pix_fmt = "rgb48be" if rgb.dtype == np.uint16 else "rgb24"  # PNG stores 16-bit samples big-endian
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=_rgb_format(rgb))
-    if frame.format.name != pix_fmt:
-        frame = frame.reformat(format=pix_fmt)
-    encoder = av.CodecContext.create("png", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
-    write_atomic(path, b"".join(bytes(packet) for packet in [*encoder.encode(frame), *encoder.encode(None)]))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all: into a hidden sibling, then renamed onto `path`."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def move_into_place(folder: Path, path: str | Path, source: FrameSource, overwrite: bool = False) -> None:
@@ -480,16 +441,6 @@ def join_videos(
     except BaseException:
         out.abort()
         raise
-
-
-def _check_frame(rgb: np.ndarray) -> None:
-    if rgb.dtype not in (np.uint8, np.uint16) or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected a uint8 or uint16 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
-
-
-def _rgb_format(rgb: np.ndarray) -> str:
-    """The packed RGB pix_fmt of a checked frame: rgb24 for uint8, rgb48le for uint16."""
-    return "rgb48le" if rgb.dtype == np.uint16 else "rgb24"
 
 
 def open_sink(
@@ -599,11 +550,3 @@ def _encoder_options(codec: av.Codec, crf: float, preset: str, extra: Mapping[st
         options["b"] = "0"
     options.update({key: str(value) for key, value in extra.items()})
     return options
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or folder if it exists."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
 from vsrx.errors import InputError, ModelError
+from vsrx.io.atomic import atomic_write
 from vsrx.models.align import dcn_to_decomp, decomp_to_dcn
 from vsrx.models.edvr import EDVR, PRESETS, EDVRConfig
 
@@ -54,23 +54,6 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, st
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path) on a temporary file beside path, fsync it, then rename it onto path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _describe(model: nn.Module) -> tuple[str, str]:
     if isinstance(model, EDVR):
         return "edvr", model.config.to_json()
@@ -97,23 +80,27 @@ def load_weights(path: str | os.PathLike, align: str | None = None, offsets: int
         raise InputError(f"weights file not found: {path}")
     meta = read_metadata(path)
     arch = meta.get(ARCH_KEY)
+    if arch == "spynet":
+        from vsrx.models.spynet import SpyNet
+
+        return load_state(SpyNet(), path)
+    if arch != "edvr" or CONFIG_KEY not in meta:
+        raise ModelError(f"{path}: no vsrx model config in its metadata (convert it with `vsrx convert`)")
+    config = EDVRConfig.from_json(meta[CONFIG_KEY])
+    model = load_state(EDVR(config), path)
+    if (align or config.align) != config.align or (offsets or config.offsets) != config.offsets:
+        model = convert_alignment(model, align or config.align, offsets)
+    return model
+
+
+def load_state(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the weights of a safetensors file into ``model`` (strictly: every key, every shape);
+    a one-line ModelError when the file is unreadable or does not fit. Returns ``model``."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ModelError(f"{path}: corrupt weights file ({e})") from None
-    if arch == "spynet":
-        from vsrx.models.spynet import SpyNet
-
-        model: nn.Module = SpyNet()
-        _load_strict(model, state, path)
-        return model
-    if arch != "edvr" or CONFIG_KEY not in meta:
-        raise ModelError(f"{path}: no vsrx model config in its metadata (convert it with `vsrx convert`)")
-    config = EDVRConfig.from_json(meta[CONFIG_KEY])
-    model = EDVR(config)
     _load_strict(model, state, path)
-    if (align or config.align) != config.align or (offsets or config.offsets) != config.offsets:
-        model = convert_alignment(model, align or config.align, offsets)
     return model
 
 

@@ -7,7 +7,6 @@ without saving any data-loader state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,80 +16,34 @@ from torch.utils.data import Dataset
 
 from vsrx.errors import InputError, UsageError
 from vsrx.evaluate.bicubic import imresize
+from vsrx.evaluate.datasets import REDS4_CLIPS, Clip, excluded, folder_clip, vimeo_septuplets, x4_subfolder
 from vsrx.io.images import list_images, natural_key, read_image
 from vsrx.io.reader import open_source
 from vsrx.io.windows import training_window
 
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".y4m", ".ts", ".flv", ".mpg", ".mpeg"}
-REDS4 = ("000", "011", "015", "020")
 DATASETS = ("reds", "vimeo90k", "videos", "synthetic")
 MARGIN = 2  # LR pixels of context around a patch: the x1/4 bicubic kernel reaches 2 LR pixels out
 
 
-@dataclass
-class Clip:
-    """A training clip: HR frames (image paths or an in-memory uint8 array) and optional stored LR paths."""
-
-    name: str
-    frames: list[Path] | np.ndarray
-    lr: list[Path] | None = None
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def hr(self, i: int) -> np.ndarray:
-        f = self.frames[i]
-        return f if isinstance(f, np.ndarray) else read_image(f)
-
-
-def reds_clips(root: Path, val_clips: tuple[str, ...] = REDS4) -> list[Clip]:
+def reds_clips(root: Path, val_clips: tuple[str, ...] = REDS4_CLIPS) -> list[Clip]:
     """REDS train_sharp/<clip>/ with train_sharp_bicubic/X4/<clip>/ (or without X4), minus the validation clips."""
     hr_root = root / "train_sharp"
-    lr_root = root / "train_sharp_bicubic" / "X4"
-    if not lr_root.is_dir():
-        lr_root = root / "train_sharp_bicubic"
+    lr_root = x4_subfolder(root / "train_sharp_bicubic")
     if not hr_root.is_dir() or not lr_root.is_dir():
         raise InputError(f"REDS layout expected: {hr_root}/<clip>/%08d.png and {root / 'train_sharp_bicubic/X4'}/<clip>/%08d.png")
-    clips = []
-    for folder in sorted(p for p in hr_root.iterdir() if p.is_dir() and p.name not in val_clips):
-        hr, lr = list_images(folder), list_images(lr_root / folder.name) if (lr_root / folder.name).is_dir() else []
-        if len(hr) != len(lr):
-            raise InputError(f"REDS clip {folder.name}: {len(hr)} HR frames but {len(lr)} LR frames in {lr_root / folder.name}")
-        clips.append(Clip(folder.name, hr, lr))
+    folders = sorted(p for p in hr_root.iterdir() if p.is_dir() and p.name not in val_clips)
+    clips = [folder_clip(folder.name, folder, lr_root / folder.name) for folder in folders]
     if not clips:
         raise InputError(f"no REDS training clips under {hr_root}")
     return clips
 
 
 def vimeo_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
-    """Vimeo-90K sequences/<5 digits>/<4 digits>/im1..im7.png, listed by sep_trainlist.txt when present."""
-    seq_root = root / "sequences"
-    if not seq_root.is_dir():
-        raise InputError(f"Vimeo-90K layout expected: {seq_root}/XXXXX/XXXX/im1.png ... im7.png")
-    listing = root / "sep_trainlist.txt"
-    if listing.is_file():
-        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    else:
-        names = sorted(f"{a.name}/{b.name}" for a in seq_root.iterdir() if a.is_dir() for b in a.iterdir() if b.is_dir())
-    lr_root = next((p / "sequences" if (p / "sequences").is_dir() else p for p in sorted(root.glob("*matlabLRx4"))), None)
-    clips = []
-    for name in names:
-        if any(part in exclude for part in Path(name).parts) or name in exclude:
-            continue
-        hr = [seq_root / name / f"im{i}.png" for i in range(1, 8)]
-        missing = next((p for p in hr if not p.is_file()), None)
-        if missing:
-            raise InputError(f"Vimeo-90K septuplet {name}: missing {missing}")
-        lr = [lr_root / name / f"im{i}.png" for i in range(1, 8)] if lr_root else None
-        clips.append(Clip(name, hr, lr))
-    if not clips:
-        raise InputError(f"no Vimeo-90K septuplets under {seq_root}")
-    return clips
-
-
-def excluded(path: Path, root: Path, exclude: tuple[str, ...]) -> bool:
-    rel = path.relative_to(root)
-    return any(part in exclude for part in rel.parts) or str(rel) in exclude
+    """Vimeo-90K sequences/<5 digits>/<4 digits>/im1..im7.png, listed by sep_trainlist.txt when present,
+    with the LR frames of a *matlabLRx4 folder beside them when there is one."""
+    lr_root = next(iter(sorted(root.glob("*matlabLRx4"))), None)
+    return vimeo_septuplets(root, "sep_trainlist.txt", lr_root, exclude)
 
 
 def video_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
@@ -100,7 +53,7 @@ def video_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
     clips = []
     candidates = [root] if root.is_file() else sorted([root, *root.rglob("*")], key=natural_key)
     for path in candidates:
-        if excluded(path, root if root.is_dir() else root.parent, exclude):
+        if excluded(path.relative_to(root if root.is_dir() else root.parent), exclude):
             continue
         if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
             source = open_source(path)
@@ -132,7 +85,7 @@ def load_clips(dataset: str, root: Path | None, exclude: tuple[str, ...] = ()) -
         raise UsageError(f"--root is required for --dataset {dataset}")
     root = Path(root)
     if dataset == "reds":
-        return reds_clips(root, tuple(exclude) or REDS4)
+        return reds_clips(root, tuple(exclude) or REDS4_CLIPS)
     if dataset == "vimeo90k":
         return vimeo_clips(root, exclude)
     return video_clips(root, exclude)
@@ -199,15 +152,15 @@ class WindowPatches(Dataset):
         window = training_window(int(rng.integers(len(clip))), self.num_frame, len(clip))
         p = self.patch
         if clip.lr is not None:
-            lr_frames = [read_image(clip.lr[i]) for i in window]
+            lr_frames = [clip.lr_frame(i) for i in window]
             h, w = lr_frames[0].shape[:2]
             top, left = self._corner(rng, h, w)
             lr = np.stack([f[top : top + p, left : left + p] for f in lr_frames])
-            gt = clip.hr(window[self.num_frame // 2])[4 * top : 4 * (top + p), 4 * left : 4 * (left + p)]
+            gt = clip.frame(window[self.num_frame // 2])[4 * top : 4 * (top + p), 4 * left : 4 * (left + p)]
             if gt.shape[:2] != (4 * p, 4 * p):
                 raise InputError(f"clip {clip.name}: HR frame is not 4x its LR frame")
             return {"lr": torch.from_numpy(lr).permute(0, 3, 1, 2).float() / 255, "gt": torch.from_numpy(gt).permute(2, 0, 1).float() / 255}
-        hr = np.stack([clip.hr(i) for i in window])
+        hr = np.stack([clip.frame(i) for i in window])
         h, w = hr.shape[1] // 4, hr.shape[2] // 4
         top, left = self._corner(rng, h, w)
         # Crop HR with MARGIN LR pixels of context, mirrored (MATLAB's symmetric padding) where the
@@ -238,7 +191,7 @@ class WindowPatches(Dataset):
         size = 4 * (p + 2 * m)
         if self.clips:
             clip = self.clips[rng.choice(len(self.clips), p=self.weights)]
-            still = clip.hr(int(rng.integers(len(clip))))
+            still = clip.frame(int(rng.integers(len(clip))))
         else:
             still = procedural_texture(2 * size, 2 * size, rng)
         frames, flows = make_synthetic_clip(still, self.num_frame, (size, size), rng, max_shift=float(rng.uniform(0.5, 16.0)))
@@ -249,17 +202,22 @@ class WindowPatches(Dataset):
     def _augment(self, s: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
         """Flips, transposition (with flips: all 8 rotations/reflections) and temporal reversal, flows kept consistent."""
         hflip, vflip, transpose, reverse = (bool(b) for b in rng.integers(0, 2, size=4))
-        x, flow = ("hr" if "hr" in s else "lr"), s["flow"]
-        for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
-            if flag:
-                s[x], s["gt"] = s[x].flip(dim), s["gt"].flip(dim)
-                flow = flow.flip(dim)
-                flow[:, channel] = -flow[:, channel]
-        if transpose:
-            s[x], s["gt"] = s[x].transpose(-1, -2), s["gt"].transpose(-1, -2)
-            flow = flow.transpose(-1, -2).flip(1)  # (dy, dx) -> (dx, dy)
+        x = "hr" if "hr" in s else "lr"
+        (s[x], s["gt"]), s["flow"] = flip_transpose([s[x], s["gt"]], s["flow"], hflip, vflip, transpose)
         if reverse and self.temporal_reverse:
-            s[x], flow = s[x].flip(0), flow.flip(0)
-        s[x], s["gt"], s["flow"] = s[x].contiguous(), s["gt"].contiguous(), flow.contiguous()
+            s[x], s["flow"] = s[x].flip(0), s["flow"].flip(0)
         return s
 
+
+def flip_transpose(images: list[Tensor], flow: Tensor, hflip: bool, vflip: bool, transpose: bool) -> tuple[list[Tensor], Tensor]:
+    """Flip ``images`` (..., h, w) and their ``flow`` (..., 2, h, w) in (dy, dx) left-right and/or
+    upside down, then transpose them (the three flags give all 8 rotations/reflections); the flow
+    is changed to stay the motion of the flipped images."""
+    for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
+        if flag:
+            images, flow = [x.flip(dim) for x in images], flow.flip(dim)
+            flow[..., channel, :, :] = -flow[..., channel, :, :]
+    if transpose:
+        images = [x.transpose(-1, -2) for x in images]
+        flow = flow.transpose(-1, -2).flip(-3)  # (dy, dx) -> (dx, dy)
+    return [x.contiguous() for x in images], flow.contiguous()

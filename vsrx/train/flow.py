@@ -35,10 +35,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vsrx.errors import InputError, ModelError, UsageError
+from vsrx.evaluate.datasets import Clip
 from vsrx.models import load_model
 from vsrx.models.spynet import SpyNet
-from vsrx.train.data import Clip, load_clips
-from vsrx.train.loop import Run, fit
+from vsrx.train.data import flip_transpose, load_clips
+from vsrx.train.loop import LoopConfig, Run, fit
 from vsrx.train.synthetic import make_synthetic_clip, procedural_texture
 
 VAL_KEY = 0x5F10_7FA1  # first entropy word of the validation seed stream (training uses [seed, index])
@@ -46,8 +47,8 @@ SPEED_BINS = ((0.0, 2.0), (2.0, 5.0), (5.0, math.inf))  # validation EPE by |gro
 
 
 @dataclass
-class FlowTrainConfig:
-    """Everything a SPyNet training run depends on."""
+class FlowTrainConfig(LoopConfig):
+    """Everything a SPyNet training run depends on, with the loop's shared settings."""
 
     task: str = "flow"
     dataset: str = "synthetic"  # where stills come from: load_clips(dataset, root); synthetic w/o root = procedural
@@ -63,10 +64,7 @@ class FlowTrainConfig:
     eta_min: float = 1e-6
     restarts: int = 1  # cosine periods over the run (1: a single decay from lr to eta_min)
     warmup: int = 200  # linear learning-rate warm-up steps (Adam's first steps on the zero-initialised heads overshoot)
-    grad_clip: float | None = None
     precision: str = "fp32"  # SPyNet's warping cascade is trained in fp32
-    ema: float = 0.0
-    time_limit: float | None = None
     max_motion: float = 8.0  # camera speed bound in output pixels per frame (foreground layers up to 1.5x)
     scales: tuple[int, ...] = (1, 2)  # render at s x the size and box-downscale by s
     noise: float = 0.02  # Gaussian noise std drawn uniformly in [0, noise] per frame (intensities in [0, 1])
@@ -76,12 +74,6 @@ class FlowTrainConfig:
     val_motion: float = 8.0
     val_root: str | None = None  # held-out stills (videos / frame folders) for validation instead of textures
     val_every: int = 500
-    log_every: int = 50
-    save_every: int = 500
-    keep: int = 2
-    seed: int = 0
-    workers: int | None = None
-    device: str = "auto"
 
 
 class FlowPair(NamedTuple):
@@ -135,16 +127,9 @@ def make_flow_pair(
 
 def augment_pair(pair: FlowPair, rng: np.random.Generator) -> FlowPair:
     """Random flips and transposition (all 8 rotations/reflections), the flow kept consistent."""
-    ref, supp, flow = pair
     hflip, vflip, transpose = (bool(b) for b in rng.integers(0, 2, size=3))
-    for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
-        if flag:
-            ref, supp, flow = ref.flip(dim), supp.flip(dim), flow.flip(dim)
-            flow[channel] = -flow[channel]
-    if transpose:
-        ref, supp = ref.transpose(-1, -2), supp.transpose(-1, -2)
-        flow = flow.transpose(-1, -2).flip(0)  # (dy, dx) -> (dx, dy)
-    return FlowPair(ref.contiguous(), supp.contiguous(), flow.contiguous())
+    (ref, supp), flow = flip_transpose([pair.ref, pair.supp], pair.flow, hflip, vflip, transpose)
+    return FlowPair(ref, supp, flow)
 
 
 class FlowPairs(Dataset):
@@ -177,7 +162,7 @@ class FlowPairs(Dataset):
         still = None
         if self.stills:
             clip = self.stills[rng.choice(len(self.stills), p=self.weights)]
-            still = clip.hr(int(rng.integers(len(clip))))
+            still = clip.frame(int(rng.integers(len(clip))))
         pair = make_flow_pair(
             still, self.size, rng, max_motion=self.max_motion, scales=self.scales, noise=self.noise, photometric=self.photometric
         )

@@ -19,9 +19,9 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,11 +34,30 @@ from torch.utils.data import DataLoader, Dataset
 
 from vsrx.errors import InputError, UsageError
 from vsrx.models import save_model
-from vsrx.models.weights import _load_strict, atomic_write
+from vsrx.io.atomic import atomic_write, remove_path, replace_path
+from vsrx.models.weights import load_state
 
 # Settings that `vsrx train --resume DIR` accepts next to the saved config: how long and how
 # verbosely the run goes on, where its data now lies and what it runs on, never what it learns.
 RESUME_OVERRIDES = ("iters", "time_limit", "root", "device", "workers", "log_every", "save_every", "val_every", "keep")
+
+
+@dataclass
+class LoopConfig:
+    """The settings every task's config shares, with one default. `fit` also reads the task's out,
+    iters, batch, lr, betas, eta_min, restarts, warmup, precision and val_every (their defaults differ
+    by task) and, where a task has them, freeze_except and freeze_iters."""
+
+    task: str
+    grad_clip: float | None = None
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); deploy weights are the EMA
+    time_limit: float | None = None  # seconds of training after which the run checkpoints and ends
+    log_every: int = 50
+    save_every: int = 500
+    keep: int = 2
+    seed: int = 0
+    workers: int | None = None
+    device: str = "auto"
 
 
 class Task(Protocol):
@@ -150,7 +169,7 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
     """Write ckpt/step_N atomically (training-form weights, EMA, optimizer, step, RNG) and the deploy weights."""
     final = out / "ckpt" / f"step_{step:08d}"
     tmp = out / "ckpt" / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)
     tmp.mkdir(parents=True)
     save_model(model, tmp / "model.safetensors")
     if ema is not None:
@@ -159,11 +178,10 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     atomic_write(tmp / "state.pt", lambda p: torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng}, p))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_path(tmp, final)
     save_model(deploy, out / "model.safetensors", {"vsrx.step": str(step), **(metadata or {})})
     for old in checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_path(old)
 
 
 def load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: AveragedModel | None = None) -> int:
@@ -172,12 +190,11 @@ def load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
     A checkpoint without EMA weights (a run that turned --ema on later) starts the EMA there.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     found = checkpoints(out)
     if not found:
         raise InputError(f"--resume: no complete checkpoint under {out / 'ckpt'}")
-    _load_strict(model, load_file(str(found[-1] / "model.safetensors")), found[-1])
+    load_state(model, found[-1] / "model.safetensors")
     state = torch.load(found[-1] / "state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -185,7 +202,7 @@ def load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     ema_file = found[-1] / "ema.safetensors"
     if ema is not None and ema_file.is_file():
-        _load_strict(ema.module, load_file(str(ema_file)), ema_file)
+        load_state(ema.module, ema_file)
         with safe_open(str(ema_file), "pt") as f:
             ema.n_averaged.fill_(int(f.metadata()["vsrx.ema_updates"]))
     return int(state["step"])
@@ -234,12 +251,26 @@ def tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def fit(task: Task, cfg, run: Run, resume: bool, log: Callable[[str], None]) -> Path:
+def optimizer_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   grad_clip: float | None, frozen: list[nn.Parameter], ema: AveragedModel | None) -> None:
+    """Backward, gradient clipping and the optimizer step (``frozen`` parameters left as they are), then the EMA update."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    for p in frozen:
+        p.grad = None
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if ema is not None:
+        ema.update_parameters(model)
+
+
+def fit(task: Task, cfg: LoopConfig, run: Run, resume: bool, log: Callable[[str], None]) -> Path:
     """Train ``task`` per ``cfg`` (continuing from cfg.out when resume); returns the deploy weights path.
 
-    ``cfg`` is any config with the loop's fields: out, iters, batch, lr, betas, eta_min, restarts,
-    warmup, grad_clip, precision, ema, time_limit, val_every, log_every, save_every, keep, workers
-    (and optionally freeze_except / freeze_iters).
+    Set-up, then the step loop read top to bottom, one comment per phase (DESIGN.md's nanoGPT habit).
     """
     out = Path(cfg.out)
     if cfg.batch % run.world:
@@ -271,18 +302,8 @@ def fit(task: Task, cfg, run: Run, resume: bool, log: Callable[[str], None]) -> 
         with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, extras = task.loss(net, batch, run.device, watch)
         # backward and optimizer step (frozen parameters keep their values for freeze_iters steps)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if step <= getattr(cfg, "freeze_iters", 0):
-            for p in frozen:
-                p.grad = None
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if ema is not None:
-            ema.update_parameters(model)
+        frozen_now = frozen if step <= getattr(cfg, "freeze_iters", 0) else []
+        optimizer_step(loss, model, optimizer, scaler, cfg.grad_clip, frozen_now, ema)
         seen += 1
         # log
         if watch:

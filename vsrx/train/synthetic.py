@@ -213,6 +213,55 @@ def _apply(a: np.ndarray, b: np.ndarray, points: Tensor) -> Tensor:
     return torch.einsum("ij,jhw->ihw", a_t, points) + torch.from_numpy(b).to(points)[:, None, None]
 
 
+def _render(
+    array: np.ndarray,
+    num_frames: int,
+    out_size: tuple[int, int],
+    camera: _Trajectory,
+    anchor: np.ndarray,
+    reach: tuple[np.ndarray, np.ndarray],
+    layers: list[_Layer],
+) -> tuple[Tensor, Tensor]:
+    """Frames and flows (float64) of the drawn camera path and layers; ``reach`` is the camera's
+    (low, high) offset range from `_camera_offsets`. Draws no random numbers."""
+    h, w = out_size
+    low, high = reach
+    image_size = np.array(array.shape[:2])
+    # Convert only the part of the image that the camera and the layer textures can reach.
+    boxes = [(np.floor(anchor + low), np.ceil(anchor + high))]
+    boxes += [(layer.source - layer.shape.reach, layer.source + layer.shape.reach) for layer in layers]
+    top = np.clip(np.min([box[0] for box in boxes], axis=0), 0, image_size - 1).astype(int)
+    bottom = np.clip(np.max([box[1] for box in boxes], axis=0), 0, image_size - 1).astype(int)
+    crop = array[top[0] : bottom[0] + 1, top[1] : bottom[1] + 1].astype(np.float64)
+    if array.dtype == np.uint8:
+        crop /= 255.0
+    source = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+
+    def column(vector: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.asarray(vector, dtype=np.float64))[:, None, None]
+
+    grid = pixel_grid(h, w, dtype=torch.float64, device=source.device)[0]
+    owner = torch.full((h, w), -1)
+    for index, layer in enumerate(layers):
+        owner[layer.shape.distance(grid - column(layer.trajectory.pivot)) <= 0] = index
+    centre = num_frames // 2
+    frames = torch.empty(num_frames, 3, h, w, dtype=torch.float64)
+    flows = torch.empty(num_frames, 2, h, w, dtype=torch.float64)
+    for t in range(num_frames):
+        tau = t - centre
+        seen = _apply(*camera.inverse(tau), grid) + column(anchor - top - camera.pivot)
+        frame = sample_bilinear(source, seen[None])[0]
+        flow = _apply(*camera.affine(tau), grid) - grid
+        for index, layer in enumerate(layers):
+            local = _apply(*layer.trajectory.inverse(tau), grid) - column(layer.trajectory.pivot)
+            alpha = (0.5 - layer.shape.distance(local)).clamp(0, 1)
+            texture = sample_bilinear(source, (local + column(layer.source - top))[None], padding_mode="border")[0]
+            frame = alpha * texture + (1 - alpha) * frame
+            flow = torch.where(owner == index, _apply(*layer.trajectory.affine(tau), grid) - grid, flow)
+        frames[t], flows[t] = frame, flow
+    return frames, flows
+
+
 def make_synthetic_clip(
     image: np.ndarray,
     num_frames: int,
@@ -269,38 +318,7 @@ def make_synthetic_clip(
     anchor = np.array([rng.integers(first[0], last[0] + 1), rng.integers(first[1], last[1] + 1)])
     layers = [_draw_layer(kind(_RANDOM_LAYER), out_size, array.shape[:2], max_shift, rng) for _ in range(num_layers)]
 
-    # Convert only the part of the image that the camera and the layer textures can reach.
-    boxes = [(np.floor(anchor + low), np.ceil(anchor + high))]
-    boxes += [(layer.source - layer.shape.reach, layer.source + layer.shape.reach) for layer in layers]
-    top = np.clip(np.min([box[0] for box in boxes], axis=0), 0, image_size - 1).astype(int)
-    bottom = np.clip(np.max([box[1] for box in boxes], axis=0), 0, image_size - 1).astype(int)
-    crop = array[top[0] : bottom[0] + 1, top[1] : bottom[1] + 1].astype(np.float64)
-    if array.dtype == np.uint8:
-        crop /= 255.0
-    source = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
-
-    def column(vector: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.asarray(vector, dtype=np.float64))[:, None, None]
-
-    grid = pixel_grid(h, w, dtype=torch.float64, device=source.device)[0]
-    owner = torch.full((h, w), -1)
-    for index, layer in enumerate(layers):
-        owner[layer.shape.distance(grid - column(layer.trajectory.pivot)) <= 0] = index
-    centre = num_frames // 2
-    frames = torch.empty(num_frames, 3, h, w, dtype=torch.float64)
-    flows = torch.empty(num_frames, 2, h, w, dtype=torch.float64)
-    for t in range(num_frames):
-        tau = t - centre
-        seen = _apply(*camera.inverse(tau), grid) + column(anchor - top - camera.pivot)
-        frame = sample_bilinear(source, seen[None])[0]
-        flow = _apply(*camera.affine(tau), grid) - grid
-        for index, layer in enumerate(layers):
-            local = _apply(*layer.trajectory.inverse(tau), grid) - column(layer.trajectory.pivot)
-            alpha = (0.5 - layer.shape.distance(local)).clamp(0, 1)
-            texture = sample_bilinear(source, (local + column(layer.source - top))[None], padding_mode="border")[0]
-            frame = alpha * texture + (1 - alpha) * frame
-            flow = torch.where(owner == index, _apply(*layer.trajectory.affine(tau), grid) - grid, flow)
-        frames[t], flows[t] = frame, flow
+    frames, flows = _render(array, num_frames, out_size, camera, anchor, (low, high), layers)
     if noise_std > 0:
         frames = (frames + torch.from_numpy(rng.normal(0.0, noise_std, frames.shape))).clamp(0, 1)
     return frames.float(), flows.float()

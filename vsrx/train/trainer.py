@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,15 @@ from vsrx.models import EDVR, build_model, convert_alignment, load_model
 from vsrx.models.edvr import EDVRConfig
 from vsrx.models.weights import CONFIG_KEY, read_metadata
 from vsrx.train.data import WindowPatches, load_clips, lr_from_hr
-from vsrx.train.loop import Run, checkpoints, fit
+from vsrx.train.loop import LoopConfig, Run, checkpoints, fit
 from vsrx.train.losses import charbonnier, offset_fidelity
 
 OVERFLOW_WARNING = 50.0  # mean |offset| in pixels above which BasicSR warns of offset overflow
 
 
 @dataclass
-class TrainConfig:
-    """Everything an EDVR training run depends on (paper recipe defaults for EDVR-M)."""
+class TrainConfig(LoopConfig):
+    """Everything an EDVR training run depends on (paper recipe defaults for EDVR-M), with the loop's shared settings."""
 
     task: str = "sr"
     dataset: str = "synthetic"
@@ -48,10 +50,7 @@ class TrainConfig:
     eta_min: float = 1e-7
     restarts: int = 4
     warmup: int = 0
-    grad_clip: float | None = None
     precision: str = "auto"
-    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); deploy weights are the EMA
-    time_limit: float | None = None  # seconds of training after which the run checkpoints and ends
     offset_fidelity: float = 0.0
     fidelity_threshold: float = 10.0
     flow: str = "auto"
@@ -61,12 +60,6 @@ class TrainConfig:
     val: tuple[str, ...] = ()
     val_every: int = 1000
     val_frames: int = 30
-    log_every: int = 50
-    save_every: int = 500
-    keep: int = 2
-    seed: int = 0
-    workers: int | None = None
-    device: str = "auto"
 
 
 def make_model(cfg: TrainConfig) -> EDVR:
@@ -195,28 +188,21 @@ def estimate_flow(spynet: nn.Module, lr_frames: torch.Tensor, center: int) -> to
 
 
 def validate(model: EDVR, sources: tuple[str, ...], max_frames: int, device: torch.device) -> dict[str, dict[str, float]]:
-    """Y/RGB PSNR of the model and of bicubic on the first frames of each held-out clip (x4, MATLAB-bicubic LR)."""
-    from vsrx.evaluate.bicubic import bicubic_upscale, downscale_x4_uint8, modcrop
-    from vsrx.evaluate.metrics import frame_metrics
+    """Y/RGB PSNR of the model and of bicubic on the first frames of each held-out clip (x4, MATLAB-bicubic LR),
+    scored by `vsrx.evaluate` as `vsrx eval` scores a clip."""
+    from vsrx.evaluate.datasets import Clip, Dataset
+    from vsrx.evaluate.runner import RowSpec, evaluate
     from vsrx.inference import to_uint8, upscale_stream
     from vsrx.io.reader import open_source
 
-    scores = {}
-    for src in sources:
-        gts, lrs = [], []
-        for frame in open_source(src):
-            if frame.index >= max_frames:
-                break
-            gts.append(modcrop(frame.rgb, 4))
-            lrs.append(downscale_x4_uint8(gts[-1]))
-        sr_frames = upscale_stream(model, (torch.from_numpy(f).permute(2, 0, 1) for f in lrs), len(lrs), device=device)
-        model_m = [frame_metrics(to_uint8(sr).cpu().numpy(), gt) for sr, gt in zip(sr_frames, gts)]
-        bic_m = [frame_metrics(bicubic_upscale(lr), gt) for lr, gt in zip(lrs, gts)]
-        scores[Path(src).name] = {
-            "psnr_y": float(np.mean([m["psnr_y"] for m in model_m])),
-            "psnr_rgb": float(np.mean([m["psnr_rgb"] for m in model_m])),
-            "bicubic_psnr_y": float(np.mean([m["psnr_y"] for m in bic_m])),
-            "bicubic_psnr_rgb": float(np.mean([m["psnr_rgb"] for m in bic_m])),
-            "frames": len(gts),
-        }
-    return scores
+    def sr(lr: list[np.ndarray]) -> Iterator[np.ndarray]:
+        frames = (torch.from_numpy(f).permute(2, 0, 1) for f in lr)
+        return (to_uint8(x).cpu().numpy() for x in upscale_stream(model, frames, len(lr), device=device))
+
+    # the first max_frames frames of each clip, decoded as `vsrx upscale` decodes it
+    clips = tuple(Clip(Path(src).name, np.stack([f.rgb for f in islice(open_source(src), max_frames)])) for src in sources)
+    result = evaluate(Dataset("validation", clips, "y"), [(RowSpec("model"), sr)])
+    bicubic, ours = (row["clips"] for row in result["rows"])
+    psnr = ("psnr_y", "psnr_rgb")
+    return {name: {**{k: ours[name][k] for k in psnr}, **{f"bicubic_{k}": bicubic[name][k] for k in psnr},
+                   "frames": len(ours[name]["frames"])} for name in ours}

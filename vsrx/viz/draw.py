@@ -1,14 +1,17 @@
 """Pictures as numpy arrays: tile grids, a colour map and colour bar, bar and line plots,
 PCA of feature maps to RGB, and 3x5 bitmap digits for axis and colour-bar labels.
 
-Everything returns (H, W, 3) uint8 arrays; :func:`write_png` saves one with torchvision.
-No plotting library: the plots here are a handful of rectangles and lines.
+Everything returns (H, W, 3) uint8 arrays (`vsrx.io.images.write_png` saves them).
+
+Why by hand: the plots are a handful of rectangles and lines, and the labels are numbers, which a
+15-glyph 3x5 font draws in 25 lines. The alternatives cost more: matplotlib is not a dependency,
+and torchvision.utils draws text only through PIL's fonts (PIL is not a vsrx dependency either);
+its `flow_to_image` is what colours the flow fields below.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,19 +33,6 @@ _GLYPHS = {
     "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
     "+": "000010111010000", "%": "101001010100101", " ": "000000000000000",
 }
-
-
-def write_png(image: np.ndarray, path: str | Path) -> Path:
-    """Save an (H, W, 3) uint8 array as PNG."""
-    import warnings
-
-    from torchvision.io import write_png as _write
-
-    path = Path(path)
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of TorchCodec; they still work
-        warnings.filterwarnings("ignore", message=".*image decoding and encoding capabilities.*")
-        _write(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(), str(path))
-    return path
 
 
 def to_hwc(image: Tensor) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vsrx.errors import InputError, ModelError, UsageError
+from vsrx.io.images import write_png
 from vsrx.models.edvr import EDVR
 from vsrx.viz import draw
 from vsrx.viz.capture import (
@@ -166,7 +167,7 @@ def visualise(model: EDVR, frames: Tensor, out: str | Path, *, neighbours: list[
     files: list[str] = []
 
     def save_png(image: np.ndarray, name: str) -> str:
-        draw.write_png(image, out / name)
+        write_png(out / name, image)
         files.append(name)
         return name
 
@@ -318,11 +319,25 @@ LEVEL_TEXT = {
 
 
 def render_html(summary: dict) -> str:
-    """A self-contained page (no scripts, no network) showing every file of the summary, labelled."""
+    """A self-contained page (no scripts, no network) showing every file of the summary, labelled.
+
+    Plain f-strings rather than a template engine: the page is static, vsrx has no template
+    dependency, and every value goes through ``html.escape``. One function per part of the page.
+    """
+    parts = [*_html_intro(summary), *_html_summary_table(summary["results"]), _html_legend(summary)]
+    for level in summary["levels"]:
+        parts.append(f"<h2>Level {html.escape(level)}: {html.escape(LEVEL_TEXT[level])}</h2>")
+        for r in (r for r in summary["results"] if r["level"] == level):
+            parts += _html_result(r, summary)
+    parts.append("<p><a href='summary.json'>summary.json</a></p></body></html>")
+    return "\n".join(parts)
+
+
+def _html_intro(summary: dict) -> list[str]:
+    """Head, style and the paragraphs that say what was run and in which units."""
     e = html.escape
     flow = summary.get("flow", "given")
-    has_flow = any(r.get("within_1px") is not None for r in summary["results"])
-    parts = [
+    return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>vsrx offsets: {e(str(summary.get('clip', '')))} frame {e(str(summary.get('frame', '')))}</title>",
         "<style>body{font-family:sans-serif;margin:1.5em;max-width:1400px}img{image-rendering:pixelated;"
@@ -338,19 +353,31 @@ def render_html(summary: dict) -> str:
         f"Reference optical flow: <b>{e(str(flow))}</b>.</p>",
         f"<p>All lengths are in {e(summary['units'])}. Offsets are absolute sampling displacements "
         "(kernel position plus learned offset), (dy, dx) with aligned(p) = neighbour(p + offset(p)).</p>",
+    ]
+
+
+def _html_summary_table(results: list[dict]) -> list[str]:
+    """One table row of numbers per (level, neighbour)."""
+    rows = [
         "<h2>Summary</h2><table><tr><th>level</th><th>neighbour</th><th>clip frame</th><th>mean |offset|</th>"
         "<th>diversity</th><th>mean |flow|</th><th>within 1 px of flow</th><th>mean |offset − flow|</th>"
         "<th>mask mean</th><th>offset absmean</th><th>overflow</th></tr>",
     ]
-    for r in summary["results"]:
+    for r in results:
         mask = r["mask"]["mean"] if r["mask"] else None
-        parts.append(
-            f"<tr><td>{e(r['level'])}</td><td>{r['neighbour']:+d}</td><td>{'–' if r['frame'] is None else r['frame']}</td><td>{_px(r['mean_abs_offset'])}</td>"
+        rows.append(
+            f"<tr><td>{html.escape(r['level'])}</td><td>{r['neighbour']:+d}</td><td>{'–' if r['frame'] is None else r['frame']}</td><td>{_px(r['mean_abs_offset'])}</td>"
             f"<td>{_px(r['diversity'])}</td><td>{_px(r['flow_mean'])}</td><td>{_pct(r['within_1px'])}</td>"
             f"<td>{_px(r['mean_distance'])}</td><td>{'–' if mask is None else f'{mask:.3f}'}</td>"
             f"<td>{_num(r['offset_absmean'])}</td><td>{'<span class=warn>yes</span>' if r['overflow'] else 'no'}</td></tr>")
-    parts.append("</table>")
-    parts.append(
+    rows.append("</table>")
+    return rows
+
+
+def _html_legend(summary: dict) -> str:
+    """The colour wheel and the fusion figure."""
+    e = html.escape
+    return (
         f"<h2>Legend and fusion</h2><figure><img src='{e(summary['wheel_file'])}' alt='colour wheel'>"
         "<figcaption>Colour of a displacement: hue is the direction (right = +dx, down = +dy), saturation the length "
         "relative to the largest in the same picture (given under each grid).</figcaption></figure>"
@@ -358,47 +385,48 @@ def render_html(summary: dict) -> str:
         "PCD-aligned features of each window frame (slots 0.."
         f"{summary['num_frame'] - 1}, one {e(summary['features'])} projection shared by all), then the fused features "
         "(own projection).</figcaption></figure>")
-    for level in summary["levels"]:
-        parts.append(f"<h2>Level {e(level)}: {e(LEVEL_TEXT[level])}</h2>")
-        for r in (r for r in summary["results"] if r["level"] == level):
-            files = r["files"]
-            where = "" if r["frame"] is None else f" (clip frame {r['frame']})"
-            parts.append(f"<h3>{e(level)}, neighbour {r['neighbour']:+d}{where}</h3>")
-            shown = "group means" if summary["groups_mean"] else "offsets"
-            order = "".join(f"<li>{e(_label(o))}</li>" for o in r["order"])
-            first = "the optical flow, then " if r["within_1px"] is not None else ""
-            sorted_by = "sorted by mean l1 distance to the flow" if r["within_1px"] is not None else "in model order (no flow reference)"
-            parts.append(
-                f"<figure><img src='{e(files['offsets'])}' alt='offset fields'><figcaption>Tiles, row by row: {first}"
-                f"{r['num_offsets'] if not summary['groups_mean'] else len(r['order'])} {shown} {sorted_by}. Full colour = "
-                f"{_num(r['saturation_px'])} px.<details><summary>tile order</summary><ol>"
-                + ("<li>optical flow</li>" if first else "") + order + "</ol></details></figcaption></figure>")
-            parts.append(
-                f"<figure><img src='{e(files['diversity'])}' alt='offset diversity'><figcaption>Offset diversity: "
-                f"pixelwise standard deviation across the {r['num_offsets']} offsets (px; mean {_num(r['diversity'])}, "
-                f"max {_num(r['diversity_max'])}).</figcaption></figure>")
-            feat_order = ", ".join(f"n{n}" for n in r["feature_order"])
-            parts.append(
-                f"<figure><img src='{e(files['features'])}' alt='aligned features'><figcaption>Centre frame; centre "
-                f"features; neighbour features before alignment; the neighbour features warped by each offset ({feat_order}, "
-                f"group g's channels by offset g·n, before the modulation mask, {'closest to the flow first' if r['within_1px'] is not None else 'in model order'}); the aligner's "
-                f"output. All but the last share one {e(summary['features'])} projection, so a good warp looks like the "
-                "centre features."
-                "</figcaption></figure>")
-            if "distance" in files:
-                parts.append(
-                    f"<figure><img src='{e(files['distance'])}' alt='distance histogram'><figcaption>Histogram of "
-                    f"|offset − flow| over all offsets and pixels (fraction per bin; red line at 1 px, grey bar: beyond). "
-                    f"Within 1 px: <b>{_pct(r['within_1px'])}</b>. Data: <a href='{e(files['distance_csv'])}'>"
-                    f"{e(files['distance_csv'])}</a>.</figcaption></figure>")
-            if "mask" in files:
-                parts.append(
-                    f"<figure><img src='{e(files['mask'])}' alt='mask versus distance'><figcaption>Mean modulation mask "
-                    "(0..1) per |offset − flow| bin (px); same CSV.</figcaption></figure>")
-            if r["overflow"]:
-                parts.append(f"<p class=warn>Offset overflow: mean |learned offset| {_num(r['offset_absmean'])} > 50.</p>")
-    parts.append("<p><a href='summary.json'>summary.json</a></p></body></html>")
-    return "\n".join(parts)
+
+
+def _html_result(r: dict, summary: dict) -> list[str]:
+    """The figures of one (level, neighbour), each with a caption that says how to read it."""
+    e = html.escape
+    files, level = r["files"], r["level"]
+    where = "" if r["frame"] is None else f" (clip frame {r['frame']})"
+    parts = [f"<h3>{e(level)}, neighbour {r['neighbour']:+d}{where}</h3>"]
+    shown = "group means" if summary["groups_mean"] else "offsets"
+    order = "".join(f"<li>{e(_label(o))}</li>" for o in r["order"])
+    first = "the optical flow, then " if r["within_1px"] is not None else ""
+    sorted_by = "sorted by mean l1 distance to the flow" if r["within_1px"] is not None else "in model order (no flow reference)"
+    parts.append(
+        f"<figure><img src='{e(files['offsets'])}' alt='offset fields'><figcaption>Tiles, row by row: {first}"
+        f"{r['num_offsets'] if not summary['groups_mean'] else len(r['order'])} {shown} {sorted_by}. Full colour = "
+        f"{_num(r['saturation_px'])} px.<details><summary>tile order</summary><ol>"
+        + ("<li>optical flow</li>" if first else "") + order + "</ol></details></figcaption></figure>")
+    parts.append(
+        f"<figure><img src='{e(files['diversity'])}' alt='offset diversity'><figcaption>Offset diversity: "
+        f"pixelwise standard deviation across the {r['num_offsets']} offsets (px; mean {_num(r['diversity'])}, "
+        f"max {_num(r['diversity_max'])}).</figcaption></figure>")
+    feat_order = ", ".join(f"n{n}" for n in r["feature_order"])
+    parts.append(
+        f"<figure><img src='{e(files['features'])}' alt='aligned features'><figcaption>Centre frame; centre "
+        f"features; neighbour features before alignment; the neighbour features warped by each offset ({feat_order}, "
+        f"group g's channels by offset g·n, before the modulation mask, {'closest to the flow first' if r['within_1px'] is not None else 'in model order'}); the aligner's "
+        f"output. All but the last share one {e(summary['features'])} projection, so a good warp looks like the "
+        "centre features."
+        "</figcaption></figure>")
+    if "distance" in files:
+        parts.append(
+            f"<figure><img src='{e(files['distance'])}' alt='distance histogram'><figcaption>Histogram of "
+            f"|offset − flow| over all offsets and pixels (fraction per bin; red line at 1 px, grey bar: beyond). "
+            f"Within 1 px: <b>{_pct(r['within_1px'])}</b>. Data: <a href='{e(files['distance_csv'])}'>"
+            f"{e(files['distance_csv'])}</a>.</figcaption></figure>")
+    if "mask" in files:
+        parts.append(
+            f"<figure><img src='{e(files['mask'])}' alt='mask versus distance'><figcaption>Mean modulation mask "
+            "(0..1) per |offset − flow| bin (px); same CSV.</figcaption></figure>")
+    if r["overflow"]:
+        parts.append(f"<p class=warn>Offset overflow: mean |learned offset| {_num(r['offset_absmean'])} > 50.</p>")
+    return parts
 
 
 def _label(o: dict) -> str:
