@@ -6,7 +6,7 @@
 
 Methods, per N and dtype (one 7-frame window by default):
 
-- ``unfused``: ``Aligner._decomposed`` on tensors of that dtype, offsets included (grid_sample,
+- ``unfused``: ``Aligner.decomposed`` on tensors of that dtype, offsets included (grid_sample,
   (B, C*N, H, W) stacked tensor, 1x1 conv);
 - ``unfused-f32``: what ``Aligner.forward`` does for half inputs today: upcast, unfused in
   float32, cast back (only for fp16/bf16);
@@ -36,6 +36,7 @@ from torchvision.ops import deform_conv2d
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vsrx.models.align import Aligner, decomp_to_dcn  # noqa: E402
+from vsrx.models.config import Alignment  # noqa: E402
 from vsrx.ops import fused  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -78,14 +79,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for n in (int(v) for v in args.offsets.split(",")):
         torch.manual_seed(0)
-        aligner = Aligner(c, c, c, groups=g, offsets=n, mode="decomp").to(dev).eval()
+        aligner = Aligner(c, c, c, Alignment("decomp", offsets=n, groups=g)).to(dev).eval()
         with torch.no_grad():
             aligner.bias.uniform_(-0.1, 0.1)
         x32 = torch.randn(b, c, h, w, device=dev)
         conv_out = torch.randn(b, 3 * g * n, h, w, device=dev) * args.offset_scale
         off32, mask32 = conv_out[:, : 2 * g * n], torch.sigmoid(conv_out[:, 2 * g * n :])
         with torch.no_grad():
-            ref = aligner._decomposed(x32, off32, mask32).float()
+            ref = aligner.decomposed(x32, off32, mask32).float()
         scale = ref.abs().max().item()
         for dname in args.dtypes.split(","):
             dt = DTYPES[dname]
@@ -93,9 +94,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             stacked_mb = b * c * n * h * w * x.element_size() / 2**20
             methods = {}
 
-            methods["unfused"] = lambda x=x, off=off, mask=mask: aligner._decomposed(x, off, mask)
+            methods["unfused"] = lambda x=x, off=off, mask=mask: aligner.decomposed(x, off, mask)
             if dt != torch.float32:
-                methods["unfused-f32"] = lambda x=x: aligner._decomposed(x.float(), off32, mask32).to(dt)
+                methods["unfused-f32"] = lambda x=x: aligner.decomposed(x.float(), off32, mask32).to(dt)
             if n == 9:
                 w3 = decomp_to_dcn(aligner.weight)
                 methods["torchvision"] = lambda x=x, off=off, mask=mask: deform_conv2d(

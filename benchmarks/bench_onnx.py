@@ -61,17 +61,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            entry = zoo.manifest()["models"][name]
-            mode = zoo.mode_of(entry)
+            entry = zoo.manifest().models[name]
+            mode = entry.alignment.name
             onnx_path = Path(tmp) / f"{name}.onnx"
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "vsrx", "export", name, str(onnx_path)], check=True, capture_output=True)
             export_s = time.perf_counter() - t0
-            spec = {"case": asdict(Case(mode=mode)), "preset": entry["family"], "size": [h, w], "frames": args.frames,
-                    "device": "cpu", "num_frame": entry["frames"], "dump": None}
+            spec = {"case": asdict(Case(mode=mode)), "preset": entry.family, "size": [h, w], "frames": args.frames,
+                    "device": "cpu", "num_frame": entry.frames, "dump": None}
             torch_r = run([sys.executable, "-m", "vsrx.bench", json.dumps(spec)], args.threads)
             ort_r = run([sys.executable, "-c", ORT_CHILD, str(onnx_path), str(args.threads), str(args.frames),
-                         str(entry["frames"]), str(h), str(w)], args.threads)
+                         str(entry.frames), str(h), str(w)], args.threads)
             row = {"model": name, "mode": mode, "pytorch_ms_per_frame": torch_r["ms_per_frame"],
                    "onnxruntime_ms_per_frame": ort_r["ms_per_frame"], "onnxruntime": ort_r["version"],
                    "export_s": export_s, "params": sum(p.numel() for p in load_model(name).parameters())}

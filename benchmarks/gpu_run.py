@@ -536,11 +536,13 @@ def compare(a: list, b: list) -> dict:
 
 
 def load(name: str, align: str | None, offsets: int | None, device: str, precision: str):
-    from vsrx.pipeline import UpscaleOptions, pick_device, pick_dtype, resolve_model
+    from vsrx.device import pick_device, pick_dtype
+    from vsrx.inference import Engine
+    from vsrx.models import load_sr_model
 
     dev = pick_device(device)
     dtype = pick_dtype(precision, dev)
-    return resolve_model(UpscaleOptions(model=name, align=align, offsets=offsets, device=device, precision=precision), dev, dtype)[0], dtype
+    return Engine().prepare(load_sr_model(name, align, offsets, dev)[0], dev, dtype), dtype
 
 
 class strict_fp32:
@@ -631,9 +633,10 @@ def check_fused(ctx: Ctx) -> dict:
                         fused.available = available
                     out[f"{mode} {precision} fused vs unfused"] = compare(a, b)
                 else:
+                    from vsrx.bench import with_deform_conv_aligners
+
                     a = sr(model, lr, ctx.device, dtype)
-                    for aligner in model.aligners().values():
-                        aligner.via_torchvision = True
+                    model = with_deform_conv_aligners(model)
                     out[f"{mode} {precision} unfused vs torchvision"] = compare(a, sr(model, lr, ctx.device, dtype))
     worst = max(v["max_diff"] for v in out.values())
     if not ctx.cuda:

@@ -19,11 +19,10 @@ import tempfile
 from pathlib import Path
 
 from vsrx.evaluate.datasets import open_dataset
-from vsrx.evaluate.runner import evaluate
+from vsrx.evaluate.runner import evaluate, model_rows
 from vsrx.models import load_model, zoo
 from vsrx.models.spynet import SpyNet
 from vsrx.models.weights import read_metadata
-from vsrx.pipeline import model_rows
 
 
 def held_out_scores(weights: Path, data: Path) -> dict:

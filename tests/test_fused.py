@@ -1,4 +1,4 @@
-"""The fused Triton kernel for Eq. 3 (`vsrx.ops.fused`) against the float64 `Aligner._decomposed`.
+"""The fused Triton kernel for Eq. 3 (`vsrx.ops.fused`) against the float64 `Aligner.decomposed`.
 
 On CPU the kernel runs in Triton's interpreter, which must be switched on (TRITON_INTERPRET=1)
 before triton is first imported, so those cases run in one child process: the parent builds
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from vsrx.models.align import Aligner
+from vsrx.models.config import Alignment
 from vsrx.ops.fused import available, fused_decomp, interpreting, pack_weight
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,14 +67,14 @@ torch.save(out, sys.argv[2])
 
 def _reference(aligner: Aligner, x, offset, mask):
     with torch.no_grad():
-        return aligner.double()._decomposed(
+        return aligner.double().decomposed(
             x.double(), offset.double(), None if mask is None else mask.double()
         )
 
 
 def _make_case(b, c, g, n, h, w, o, dtype, masked, scale, special, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    aligner = Aligner(c, o, 4, groups=g, offsets=n, mode="flow" if (g, n) == (1, 1) else "decomp")
+    aligner = Aligner(c, o, 4, Alignment("flow" if (g, n) == (1, 1) else "decomp", offsets=n, groups=g))
     with torch.no_grad():
         aligner.weight.copy_(torch.rand(aligner.weight.shape, generator=gen) - 0.5)
         aligner.bias.copy_(torch.rand(o, generator=gen) - 0.5)
@@ -145,6 +146,27 @@ def test_pack_weight_layout():
 
 
 @pytest.mark.skipif(interpreting(), reason="the interpreter runs anywhere")
+def test_aligner_picks_one_implementation_per_call(monkeypatch):
+    """dcn: torchvision's kernel; decomp/flow: the fused kernel for CUDA inference where it is
+    available, else Eq. 3 (both in float32 for half inputs); checked without a GPU."""
+    import vsrx.ops.fused as fused_module
+
+    class OnCuda:  # all the dispatch reads of x
+        is_cuda = True
+
+    decomp = Aligner(8, 8, 4, Alignment("decomp", offsets=5, groups=2))
+    dcn = Aligner(8, 8, 4, Alignment("dcn", groups=2))
+    monkeypatch.setattr(fused_module, "available", lambda x: True)
+    with torch.no_grad():
+        assert decomp.implementation(OnCuda()) == decomp.fused
+        assert decomp.implementation(torch.zeros(1)).__wrapped__ == decomp.decomposed  # a CPU tensor
+        assert dcn.implementation(OnCuda()).__wrapped__ == dcn.deform_conv
+    assert decomp.implementation(OnCuda()).__wrapped__ == decomp.decomposed  # training: autograd
+    monkeypatch.setattr(fused_module, "available", lambda x: False)
+    with torch.no_grad():
+        assert decomp.implementation(OnCuda()).__wrapped__ == decomp.decomposed
+
+
 def test_not_available_on_cpu_without_interpreter():
     x = torch.zeros(1, 8, 4, 4)
     assert not available(x)
@@ -183,7 +205,7 @@ def test_cuda_matches_unfused_aligner_forward():
     """The kernel on the (strided) offsets and masks that Aligner.forward computes, float32."""
     pytest.importorskip("triton")
     torch.manual_seed(0)
-    aligner = Aligner(64, 64, 64, groups=8, offsets=9, mode="decomp").cuda().eval()
+    aligner = Aligner(64, 64, 64, Alignment("decomp", offsets=9, groups=8)).cuda().eval()
     with torch.no_grad():
         aligner.conv_offset.weight.normal_(0, 0.05)
         x = torch.randn(2, 64, 40, 56, device="cuda")

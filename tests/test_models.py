@@ -9,9 +9,10 @@ from click.testing import CliRunner
 
 import vsrx
 from vsrx.cli import main
-from vsrx.errors import ModelError
+from vsrx.errors import ModelError, UsageError
 from vsrx.models import EDVR, EDVRConfig, build_model, load_model, save_model
-from vsrx.models.align import Aligner, kernel_grid
+from vsrx.models.align import Aligner, kernel_grid, record_offsets
+from vsrx.models.config import Alignment
 from vsrx.models.weights import convert_checkpoint
 
 
@@ -103,6 +104,21 @@ def test_output_shape(align, offsets, groups, with_tsa):
     assert y.shape == (2, 3, 48, 64)
 
 
+def test_alignment_spec_names_parses_and_validates():
+    assert [Alignment.parse(n).name for n in ("dcn", "flow", "decomp", "decomp-5")] == ["dcn", "flow", "decomp-9", "decomp-5"]
+    assert Alignment.parse("flow") == Alignment("flow", offsets=1, groups=1)
+    assert Alignment.of("decomp", 5).flags == "--align decomp --offsets 5" and Alignment.of("dcn").flags == "--align dcn"
+    assert EDVRConfig(align="decomp", offsets=5, groups=4, num_feat=8).alignment == Alignment("decomp", 5, 4)
+    for bad in ("decomp-x", "dcn-9", "bilinear"):
+        with pytest.raises(UsageError, match="unknown alignment mode"):
+            Alignment.parse(bad)
+    for args, message in ((("dcn", 5), "N=9"), (("flow", 1, 2), "G=N=1"), (("decomp", 0), "at least one offset")):
+        with pytest.raises(ModelError, match=message):
+            Alignment(*args)
+    with pytest.raises(ModelError, match="cannot form 3 groups"):
+        EDVRConfig(num_feat=8, groups=3)
+
+
 def test_kernel_grid():
     assert kernel_grid(9) == tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
     assert kernel_grid(1) == ((0, 0),)
@@ -115,14 +131,14 @@ def test_kernel_grid():
 @pytest.mark.parametrize("align,offsets", [("decomp", 1), ("decomp", 3), ("decomp", 5), ("decomp", 13), ("flow", 1)])
 def test_any_decomposition_runs_through_torchvision_float64(align, offsets):
     """The naive reference of `vsrx bench`: decomp-N and flow embedded in a k x k deform_conv2d."""
+    from vsrx.bench import with_deform_conv_aligners
+
     model = tiny(align, offsets, 1 if align == "flow" else 2).double()
     scramble_offsets(model, std=3.0)
     x = torch.rand(1, 3, 3, 12, 16, dtype=torch.float64)
     with torch.no_grad():
         ours = model(x)
-        for a in model.aligners().values():
-            a.via_torchvision = True
-        naive = model(x)
+        naive = with_deform_conv_aligners(model)(x)
     assert ((ours - naive).norm() / ours.norm()).item() < 1e-12
 
 
@@ -134,22 +150,19 @@ def test_decomp9_equals_dcn_float64_whole_model():
     x = torch.rand(2, 3, 3, 16, 12, dtype=torch.float64)
     records = {}
     for name, model in (("dcn", dcn), ("decomp", decomp)):
-        aligners = model.aligners()
-        for a in aligners.values():
-            a.record = []
-        with torch.no_grad():
+        with torch.no_grad(), record_offsets(model.aligners()) as recorded:
             y = model(x)
-        records[name] = (y, aligners)
+        records[name] = (y, recorded)
     y1, y2 = records["dcn"][0], records["decomp"][0]
     assert ((y1 - y2).norm() / y1.norm()).item() < 1e-10
     # Offsets really do sample outside the image somewhere.
-    l1 = records["dcn"][1]["pcd_align.dcn_pack.l1"].record[0][0]
+    l1 = records["dcn"][1]["pcd_align.dcn_pack.l1"][0][0]
     assert l1.abs().max() > 16  # larger than the 16x12 frame
     # Both record the same absolute offsets and masks.
     for name, a in records["dcn"][1].items():
         b = records["decomp"][1][name]
-        torch.testing.assert_close(a.record[0][0], b.record[0][0], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(a.record[0][1], b.record[0][1], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a[0][0], b[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a[0][1], b[0][1], rtol=1e-10, atol=1e-12)
 
 
 def bilinear_zero(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -169,38 +182,40 @@ def bilinear_zero(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 def test_flow_mode_is_a_plain_bilinear_warp():
     torch.manual_seed(1)
-    a = Aligner(4, 4, 3, groups=1, offsets=1, mode="flow").double()
+    a = Aligner(4, 4, 3, Alignment.of("flow")).double()
     with torch.no_grad():
         a.weight.copy_(torch.eye(4, dtype=torch.float64).view(4, 4, 1, 1))
         torch.nn.init.normal_(a.conv_offset.weight, std=2.0)
     x, feat = torch.randn(1, 4, 5, 6, dtype=torch.float64), torch.randn(1, 3, 5, 6, dtype=torch.float64)
-    a.record = []
-    y = a(x, feat)
-    flow = a.record[0][0][0, 0, 0]  # (2, H, W), absolute (dy, dx)
-    assert a.record[0][1] is None
+    with record_offsets({"a": a}) as recorded:
+        y = a(x, feat)
+    flow = recorded["a"][0][0][0, 0, 0]  # (2, H, W), absolute (dy, dx)
+    assert recorded["a"][0][1] is None
     torch.testing.assert_close(y[0], bilinear_zero(x[0], flow), rtol=0, atol=1e-12)
 
 
 def test_decomp_n1_g1_is_modulated_warp_then_1x1():
     torch.manual_seed(2)
-    a = Aligner(3, 5, 3, groups=1, offsets=1, mode="decomp").double()
+    a = Aligner(3, 5, 3, Alignment("decomp", offsets=1, groups=1)).double()
     torch.nn.init.normal_(a.conv_offset.weight, std=2.0)
     x, feat = torch.randn(1, 3, 6, 5, dtype=torch.float64), torch.randn(1, 3, 6, 5, dtype=torch.float64)
-    a.record = []
-    y = a(x, feat)
-    flow, mask = a.record[0][0][0, 0, 0], a.record[0][1][0, 0, 0]
+    with record_offsets({"a": a}) as recorded:
+        y = a(x, feat)
+    flow, mask = recorded["a"][0][0][0, 0, 0], recorded["a"][0][1][0, 0, 0]
     warped = bilinear_zero(x[0], flow) * mask
     expected = torch.einsum("oc,chw->ohw", a.weight[:, :, 0, 0], warped) + a.bias.view(-1, 1, 1)
     torch.testing.assert_close(y[0], expected, rtol=0, atol=1e-12)
 
 
-def test_recording_is_off_by_default_and_has_grid_positions():
+def test_recording_is_off_outside_its_block_and_has_grid_positions():
     model = tiny("decomp", 5)
-    assert all(a.record is None for a in model.aligners().values())
-    a = model.aligners()["pcd_align.cas_dcnpack"]
-    a.record = []
-    model(torch.rand(1, 3, 3, 8, 8))
-    offsets, masks = a.record[0]
+    name = "pcd_align.cas_dcnpack"
+    with record_offsets({name: model.aligners()[name]}) as recorded:
+        model(torch.rand(1, 3, 3, 8, 8))
+    model(torch.rand(1, 3, 3, 8, 8))  # after the block: nothing more is recorded
+    assert len(recorded[name]) == 1
+    assert not any(m._forward_hooks for m in model.modules())
+    offsets, masks = recorded[name][0]
     assert offsets.shape == (3, 2, 5, 2, 8, 8) and masks.shape == (3, 2, 5, 8, 8)
     # conv_offset starts at zero: absolute offsets are the kernel grid, masks are 0.5.
     torch.testing.assert_close(offsets[0, 0, :, :, 0, 0], torch.tensor(kernel_grid(5), dtype=torch.float32))

@@ -174,8 +174,8 @@ def test_many_files_one_model_load_skip_finished_and_go_on_after_a_broken_one(tm
     import vsrx.pipeline
 
     loads = []
-    real = vsrx.pipeline.load_model
-    monkeypatch.setattr(vsrx.pipeline, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = vsrx.pipeline.load_sr_model
+    monkeypatch.setattr(vsrx.pipeline, "load_sr_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     srcs = tmp_path / "src"
     srcs.mkdir()
     a = make_clip(srcs / "a.mp4", frames=5, size=(16, 16), audio=True)

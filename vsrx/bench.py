@@ -3,7 +3,7 @@ model-only and end to end, always next to a naive reference measured in the same
 
 Each mode is compared with its own naive reference: the same model and weights run the
 straightforward way, every window's features recomputed, every aligner through torchvision's
-DCN (decomp-N and flow embedded in a k x k kernel, see `Aligner`), fp32, batch 1, (N, C, H, W)
+DCN (decomp-N and flow embedded in a k x k kernel, `DeformConvAligner`), fp32, batch 1, (N, C, H, W)
 layout throughout and the C library's default allocator (no `keep_freed_memory`). Ratios are
 same-model ratios, and each model-only case reports its largest output difference from the
 reference in grey levels.
@@ -22,7 +22,18 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from itertools import product
 from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vsrx.device import pick_device, pick_dtype
+from vsrx.errors import UsageError
+from vsrx.inference import Engine, Upscaler, to_uint8
+from vsrx.models.align import Aligner, Implementation, in_float32, kernel_grid
+from vsrx.models.config import Alignment
+from vsrx.models.edvr import EDVR
 
 REFERENCE = {"cache": False, "precision": "fp32", "batch": 1, "dcn_impl": "torchvision", "tuned_malloc": False,
              "channels_last": False}
@@ -39,10 +50,69 @@ class Case:
     tuned_malloc: bool = True  # what the vsrx command line does (vsrx.runtime.keep_freed_memory)
     channels_last: bool | None = None  # None: as `vsrx upscale` does (on CPU)
 
+    def engine(self) -> Engine:
+        """How the case runs its model: as `vsrx upscale` does, or (torchvision) with `DeformConvAligner`s."""
+        kind = DeformConvEngine if self.dcn_impl == "torchvision" else Engine
+        return kind(dcn_impl=self.dcn_impl, channels_last=self.channels_last, cache=self.cache)
+
+
+def cases(modes: list[str], precisions: list[str], batches: list[int], caches: list[str],
+          end_to_end: bool = False) -> list[Case]:
+    """Every combination of the modes (dcn, flow, decomp-N), precisions, batch sizes and feature
+    cache settings (on, off), model only and, with ``end_to_end``, also decode + model + encode."""
+    if not set(caches) <= {"on", "off"}:
+        raise UsageError(f"--cache takes on, off or on,off, got {','.join(caches)}")
+    for mode in modes:
+        Alignment.parse(mode)
+    return [Case(mode=m, precision=p, batch=b, cache=c == "on", end_to_end=e2e)
+            for e2e, m, c, p, b in product([False, True] if end_to_end else [False], modes, caches, precisions, batches)]
+
+
+class DeformConvAligner(Aligner):
+    """The naive reference's aligner: decomp-N and flow too through torchvision's deform_conv2d, the
+    N kernel positions placed in the smallest odd k x k kernel that holds them, the other taps with
+    zero weight and mask (dcn as always)."""
+
+    def implementation(self, x: Tensor) -> Implementation:
+        return in_float32(self.deform_conv if self.mode == "dcn" else self.embedded)
+
+    def embedded(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
+        from torchvision.ops import deform_conv2d
+
+        b, c, h, w = x.shape
+        g, n = self.groups, self.offsets
+        points = kernel_grid(n)
+        r = max(max(abs(dy), abs(dx)) for dy, dx in points)
+        k = 2 * r + 1
+        taps = [(dy + r) * k + dx + r for dy, dx in points]
+        full = offset.new_zeros(b, g, k * k, 2, h, w)
+        full[:, :, taps] = offset.reshape(b, g, n, 2, h, w)
+        modulation = offset.new_zeros(b, g, k * k, h, w)
+        modulation[:, :, taps] = 1 if mask is None else mask.reshape(b, g, n, h, w)
+        weight = x.new_zeros(self.weight.shape[0], c, k * k)
+        weight[:, :, taps] = self.weight.to(x.dtype).reshape(-1, c, n)
+        return deform_conv2d(x, full.view(b, -1, h, w), weight.view(-1, c, k, k), self.bias.to(x.dtype),
+                             padding=r, mask=modulation.view(b, -1, h, w))
+
+
+def with_deform_conv_aligners(model: EDVR) -> EDVR:
+    """``model`` with each aligner replaced by a `DeformConvAligner` holding the same weights."""
+    for name, a in model.aligners().items():
+        in_ch = a.weight.shape[1] // (1 if a.mode == "dcn" else a.offsets)
+        naive = DeformConvAligner(in_ch, a.weight.shape[0], a.conv_offset.in_channels, a.alignment).to(a.weight)
+        naive.load_state_dict(a.state_dict())  # after the dtype change: float64 weights stay exact
+        model.set_submodule(name, naive)
+    return model
+
+
+class DeformConvEngine(Engine):
+    """The naive reference's engine: the model's aligners are `DeformConvAligner`s."""
+
+    def prepare(self, model: EDVR, device: torch.device, dtype: torch.dtype) -> EDVR:
+        return super().prepare(with_deform_conv_aligners(model), device, dtype)
+
 
 def machine(device: str, threads: int) -> dict:
-    import torch
-
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
             "torch": torch.__version__, "python": platform.python_version(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -80,41 +150,39 @@ def run_case(case: Case, preset: str, size: tuple[int, int], frames: int, device
              dump: str | None = None) -> dict:
     """Measure one configuration in this process; model-only cases save their uint8 outputs to ``dump`` (.npy)."""
     import numpy as np
-    import torch
 
     from vsrx.runtime import keep_freed_memory
 
     if case.tuned_malloc:
         keep_freed_memory()
-    from vsrx.inference import Upscaler, to_uint8
-    from vsrx.models import build_model, save_model
-    from vsrx.pipeline import UpscaleOptions, pick_device, pick_dtype, prepare_model, upscale
+    from vsrx.models.weights import build_model, save_model
+    from vsrx.pipeline import UpscaleOptions, upscale
 
     dev = pick_device(device)
     dtype = pick_dtype(case.precision, dev)
-    align, _, n = case.mode.partition("-")
+    alignment = Alignment.parse(case.mode)
     torch.manual_seed(0)
-    model = build_model(preset, align, int(n) if n else None, num_frame=num_frame).eval()
+    model = build_model(preset, alignment.mode, alignment.offsets, num_frame=num_frame).eval()
     for a in model.aligners().values():  # offsets of a plausible size, not all zero
         torch.nn.init.normal_(a.conv_offset.weight, std=0.01)
     h, w = size
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    opts = UpscaleOptions(device=device, precision=case.precision, batch=case.batch, dcn_impl=case.dcn_impl,
-                          cache=case.cache, channels_last=case.channels_last)
+    opts = UpscaleOptions(device=device, precision=case.precision, batch=case.batch)
+    engine = case.engine()
     if case.end_to_end:
         tmp = Path(tempfile.mkdtemp())
         src = make_clip(tmp / "in", frames, h, w)
         opts = replace(opts, model=str(save_model(model, tmp / "m.safetensors")))
         t0 = time.perf_counter()
-        result = upscale(str(src), str(tmp / f"out{src.suffix}"), opts)
+        result = upscale(str(src), str(tmp / f"out{src.suffix}"), opts, engine=engine)
         seconds, count = time.perf_counter() - t0, result.frames
         io = "video" if src.suffix else "frames"
     else:
-        model = prepare_model(model, opts, dev, dtype)  # as `vsrx upscale` runs it
+        model = engine.prepare(model, dev, dtype)  # as `vsrx upscale` runs it (or the naive reference)
         gen = torch.Generator().manual_seed(1)
         clip = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen) for _ in range(min(frames, 16))]
-        it = Upscaler(model, batch=case.batch, device=dev, dtype=dtype, cache=case.cache).stream(
+        it = Upscaler(model, batch=case.batch, device=dev, dtype=dtype, cache=engine.cache).stream(
             (clip[i % len(clip)] for i in range(frames + case.batch)), frames + case.batch)
         first = to_uint8(next(it)).cpu()  # the warm-up batch; its first output is compared with the reference
         for _ in range(case.batch - 1):
@@ -179,8 +247,6 @@ def bench(cases: list[Case], preset: str = "edvr-s", size: tuple[int, int] = (18
 
 
 def _child() -> None:
-    import torch
-
     spec = json.loads(sys.argv[1])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(json.dumps(run_case(Case(**spec["case"]), spec["preset"], tuple(spec["size"]), spec["frames"], spec["device"],

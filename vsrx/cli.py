@@ -7,7 +7,10 @@ import sys
 import click
 
 import vsrx
+from vsrx.device import PRECISIONS
 from vsrx.errors import UsageError, VsrxError
+from vsrx.io.windows import PADDINGS
+from vsrx.models.config import ALIGN_MODES, PRESETS
 
 
 class LazyConsole:
@@ -121,12 +124,12 @@ def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="A frame starts a new shot when its luma histograms (2x2 cells, 16 bins) differ from the last frame's by more than this share of pixels.")
 @click.option("--segment-frames", type=click.IntRange(1), default=120, show_default=True, help="Frames per resumable segment (rounded up to a multiple of --batch); each is encoded on its own, starting on a keyframe.")
 @click.option("--model", help="Zoo name or .safetensors path (default: the bundled default model).")
-@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn runs as decomp-9 exactly).")
+@click.option("--align", type=click.Choice(ALIGN_MODES), help="Alignment mode (picks the zoo variant; dcn runs as decomp-9 exactly).")
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True, help="auto: fp16 on CUDA, fp32 on CPU.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: fp16 on CUDA, fp32 on CPU.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Windows per model call.")
-@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True, help="How windows at the clip's ends (and at scene cuts) are filled.")
+@click.option("--padding", type=click.Choice(PADDINGS), default="reflection_circle", show_default=True, help="How windows at the clip's ends (and at scene cuts) are filled.")
 @click.option("--tile", type=click.IntRange(8), help="Process frames in tiles of this many LR pixels (bounded memory for large frames).")
 @click.option("--tile-overlap", type=click.IntRange(0), default=32, show_default=True, help="LR pixels of context around each tile.")
 @click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First frame to upscale (0-based).")
@@ -246,8 +249,8 @@ def print_estimates(estimates, as_json: bool) -> None:
 @click.option("--exclude", multiple=True, help="Clip or file names to leave out (repeatable), e.g. held-out clips.")
 @click.option("--out", default="runs/vsrx", show_default=True, help="Run directory: checkpoints, metrics, final weights.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its saved config.json and newest checkpoint; only --iters, --time-limit, --root, --device, --workers, --log-every, --save-every, --val-every and --keep may be given with it.")
-@click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]), default="edvr-m", show_default=True)
-@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), default="dcn", show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="edvr-m", show_default=True)
+@click.option("--align", type=click.Choice(ALIGN_MODES), default="dcn", show_default=True)
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group (decomp; 9 for dcn, 1 for flow).")
 @click.option("--groups", type=click.IntRange(1), help="Deformable groups G (default: the preset's).")
 @click.option("--frames", type=click.IntRange(1), default=7, show_default=True, help="Window length T (odd).")
@@ -265,7 +268,7 @@ def print_estimates(estimates, as_json: bool) -> None:
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="Decay of an exponential moving average of the weights, e.g. 0.999 (0: off); the saved weights are the average.")
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), help="Seconds of training after which the run saves a checkpoint and its weights and ends.")
 @click.option("--grad-clip", type=float, help="Clip the gradient norm to this value.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True, help="auto: fp16 AMP on CUDA, fp32 on CPU.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: fp16 AMP on CUDA, fp32 on CPU.")
 @click.option("--offset-fidelity", type=float, default=0.0, show_default=True, help="Offset-fidelity loss weight lambda (0: off).")
 @click.option("--fidelity-threshold", type=float, default=10.0, show_default=True, help="Threshold t in pixels.")
 @click.option("--flow", type=click.Choice(["auto", "gt", "spynet"]), default="auto", show_default=True, help="Flow for the fidelity loss: synthetic ground truth or SPyNet.")
@@ -298,13 +301,13 @@ def train(ctx: click.Context, resume: str | None, task: str, **options) -> None:
 @click.option("--root", multiple=True, required=True, type=click.Path(), help="Dataset root (GT folder for frames; video files for video, repeatable).")
 @click.option("--lr", "lr_root", type=click.Path(), help="Stored LR frames (default: MATLAB-bicubic x1/4 of the GT, rounded to 8 bits).")
 @click.option("--model", "models", multiple=True, help="Zoo name or .safetensors path (repeatable; default: the bundled default model).")
-@click.option("--align", "aligns", multiple=True, type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment modes to run each model in (repeatable).")
+@click.option("--align", "aligns", multiple=True, type=click.Choice(ALIGN_MODES), help="Alignment modes to run each model in (repeatable).")
 @click.option("--offsets", "offsets_list", multiple=True, type=click.IntRange(1), help="Offsets N for decomp (repeatable).")
 @click.option("--bicubic-only", is_flag=True, help="Score only the bicubic baseline.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True)
+@click.option("--padding", type=click.Choice(PADDINGS), default="reflection_circle", show_default=True)
 @click.option("--tile", type=click.IntRange(8), help="Tile size in LR pixels for large frames.")
 @click.option("--crop-border", type=click.IntRange(0), default=0, show_default=True, help="Pixels cropped from each border before scoring.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results (per frame too) as JSON.")
@@ -319,8 +322,7 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
     from rich.console import Console
 
     from vsrx.evaluate.datasets import open_dataset
-    from vsrx.evaluate.runner import evaluate, render_table, write_csv, write_json
-    from vsrx.pipeline import model_rows
+    from vsrx.evaluate.runner import evaluate, model_rows, render_table, write_csv, write_json
 
     data = open_dataset(dataset, [Path(r) for r in root], Path(lr_root) if lr_root else None)
     rows = [] if bicubic_only else model_rows(models, aligns, offsets_list, device, precision, batch, padding, tile)
@@ -337,7 +339,7 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
 @click.argument("clip", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs, CSVs, summary.json and index.html.")
 @click.option("--model", help="Zoo name or .safetensors path (default: the bundled default model).")
-@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (as in upscale).")
+@click.option("--align", type=click.Choice(ALIGN_MODES), help="Alignment mode (as in upscale).")
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
 @click.option("--frame", type=click.IntRange(0), help="Centre frame of the window to analyse (0-based; default: the middle frame).")
 @click.option("--neighbor", "neighbors", multiple=True, type=int, metavar="J", help="Neighbour relative to the centre, e.g. -1 or 2 (repeatable; default: all).")
@@ -346,7 +348,7 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
 @click.option("--spynet", type=click.Path(), help="SPyNet weights for the flow reference (default: the bundled ones).")
 @click.option("--groups-mean", is_flag=True, help="Show each offset's mean over the deformable groups instead of every group.")
 @click.option("--features", type=click.Choice(["pca", "mean"]), default="pca", show_default=True, help="Feature maps as a PCA to RGB or the channel mean.")
-@click.option("--padding", type=click.Choice(["reflection_circle", "reflection", "replicate", "circle"]), default="reflection_circle", show_default=True, help="How windows at the clip's ends are filled.")
+@click.option("--padding", type=click.Choice(PADDINGS), default="reflection_circle", show_default=True, help="How windows at the clip's ends are filled.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def viz_offsets(clip: str, out: str, neighbors: tuple[int, ...], levels: tuple[str, ...], **options) -> None:
     """Visualise what a model's alignment learned on one window of CLIP (a video file or frame folder)."""
@@ -381,27 +383,23 @@ def models(as_json: bool) -> None:
 
     from vsrx.models import zoo
 
-    entries = zoo.manifest()["models"]
+    listing = zoo.manifest()
     if as_json:
-        click.echo(json.dumps({"default": zoo.manifest().get("default"), "models": {
-            name: {**entry, "present": (zoo.WEIGHTS_DIR / entry["file"]).is_file()} for name, entry in entries.items()}}, indent=2))
+        click.echo(json.dumps(listing.to_json(), indent=2))
         return
-    if not entries:
+    if not listing.models:
         click.echo(f"no pretrained models are bundled ({zoo.WEIGHTS_DIR / 'manifest.json'} is missing)")
         return
     table = Table(title=f"vsrx model zoo ({zoo.WEIGHTS_DIR})")
     for column in ("name", "mode", "N", "G", "frames", "params", "DAVIS Y gain", "Vimeo Y gain", "bikes Y gain", "file"):
         table.add_column(column, justify="left" if column in ("name", "mode", "file") else "right")
-    default = zoo.manifest().get("default")
-    for name, e in entries.items():
-        def gain(key: str) -> str:
-            m = e.get("metrics", {}).get(key)
-            return f"{m['psnr_y'] - m['bicubic_psnr_y']:+.2f} dB" if m else "-"
-        present = (zoo.WEIGHTS_DIR / e["file"]).is_file()
-        label = name + (" (default)" if name == default else "")
-        table.add_row(label, zoo.mode_of(e) if "align" in e else e.get("arch", "-"), str(e.get("offsets", "-")),
-                      str(e.get("groups", "-")), str(e.get("frames", "-")), f"{e['params']:,}", gain("davis"), gain("vimeo90k_00002"),
-                      gain("bikes"), "present" if present else "MISSING")
+    for name, m in listing.models.items():
+        a = m.alignment
+        gains = [m.psnr_gain(key) for key in ("davis", "vimeo90k_00002", "bikes")]
+        table.add_row(name + (" (default)" if name == listing.default else ""), a.name if a else m.arch,
+                      str(a.offsets) if a else "-", str(a.groups) if a and a.groups else "-", str(m.frames or "-"),
+                      f"{m.params:,}", *("-" if g is None else f"{g:+.2f} dB" for g in gains),
+                      "present" if m.present else "MISSING")
     Console(highlight=False, width=max(Console().width, 120)).print(table)
 
 
@@ -416,7 +414,7 @@ def csv_list(kind):
 
 
 @main.command()
-@click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]), default="edvr-s", show_default=True)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="edvr-s", show_default=True)
 @click.option("--modes", default="dcn,decomp-5,decomp-9,flow", show_default=True, callback=csv_list(str), help="Alignment modes (dcn, flow, decomp-N).")
 @click.option("--precision", "precisions", default="fp32", show_default=True, callback=csv_list(str), help="Comma list of fp32, fp16, bf16.")
 @click.option("--batch", "batches", default="1", show_default=True, callback=csv_list(int), help="Comma list of batch sizes.")
@@ -436,16 +434,12 @@ def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, d
     from rich.console import Console
     from rich.table import Table
 
-    from vsrx.bench import Case, bench as run_bench
+    from vsrx.bench import bench as run_bench, cases
 
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise UsageError(f"--size expects HxW, got {size!r}") from None
-    if not set(caches) <= {"on", "off"}:
-        raise UsageError(f"--cache takes on, off or on,off, got {','.join(caches)}")
-    cases = [Case(mode=m, precision=p, batch=b, cache=c == "on", end_to_end=e2e)
-             for e2e in ([False, True] if end_to_end else [False]) for m in modes for c in caches for p in precisions for b in batches]
     table = Table(title=f"vsrx bench: {preset}, {h}x{w} -> {4 * h}x{4 * w}, T={num_frame}")
     for col in ("run", "mode", "cache", "precision", "batch", "ms/frame", "fps", "x ref", "max diff", "host MB", "GPU MB"):
         table.add_column(col, justify="left" if col in ("run", "mode") else "right", no_wrap=True)
@@ -458,7 +452,8 @@ def bench(preset, modes, precisions, batches, caches, size, frames, num_frame, d
         err_console.print(f"{'e2e' if r['end_to_end'] else 'model'} {r['mode']} cache={r['cache']} {r['precision']} "
                           f"batch {r['batch']}: {r['ms_per_frame']:.1f} ms/frame ({r['speedup']:.2f}x reference)")
 
-    result = run_bench(cases, preset, (h, w), frames, device, num_frame, threads, report)
+    result = run_bench(cases(modes, precisions, batches, caches, end_to_end), preset, (h, w), frames, device, num_frame,
+                       threads, report)
     result["command"] = " ".join(["vsrx", *sys.argv[1:]])
     Console(highlight=False, width=max(Console().width, 110)).print(table)
     if json_path:
@@ -490,7 +485,7 @@ def convert(src: str, dst: str, arch: str | None, num_frame: int | None, overwri
 @main.command(name="export")
 @click.argument("model")
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--align", type=click.Choice(["dcn", "decomp", "flow"]), help="Alignment mode (picks the zoo variant; dcn exports as its exact decomp-9 form).")
+@click.option("--align", type=click.Choice(ALIGN_MODES), help="Alignment mode (picks the zoo variant; dcn exports as its exact decomp-9 form).")
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
 @click.option("--opset", type=click.IntRange(16), default=17, show_default=True, help="ONNX opset (GridSample needs 16 or later).")
 @click.option("--fp16", is_flag=True, help="Half-precision weights and activations between float32 input and output (aligners sample in float32).")

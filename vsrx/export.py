@@ -70,8 +70,6 @@ def exportable(model: nn.Module) -> EDVR:
     model = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
     if model.config.align == "dcn":
         model = convert_alignment(model, "decomp", 9)
-    for aligner in model.aligners().values():
-        aligner.via_torchvision = False
     return model
 
 

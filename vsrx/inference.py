@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vsrx.errors import VsrxError
+from vsrx.errors import UsageError, VsrxError
 from vsrx.io.scenes import SceneCuts
 from vsrx.io.windows import frame_indices
 from vsrx.models.edvr import EDVR
 
 MIN_TILE = 32
+DCN_IMPLS = ("auto", "decomp", "torchvision")
 _UINT16 = getattr(torch, "uint16", None)
 """torch.uint16 (torch >= 2.3; "limited support", enough for copies and conversions), else None:
 16-bit frames then go in as float32 and come out as int32 (see `pixels_to_tensor`, `pixels_to_numpy`)."""
@@ -60,6 +61,38 @@ def make_tiles(h: int, w: int, tile: int | None, overlap: int) -> list[Tile]:
             ctx = (max(top - margin, 0), max(left - margin, 0), min(bottom + margin, h), min(right + margin, w))
             tiles.append(Tile((top, left, bottom, right), ctx))
     return tiles
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How a loaded model runs, beyond what a user chooses: `vsrx upscale` and `vsrx eval` run the
+    defaults; `vsrx bench` varies them (and extends `prepare` for its naive reference). A job
+    records them (`settings`): a resumed job runs the same way."""
+
+    dcn_impl: str = "auto"  # how a dcn model runs: auto: as its exact decomp-9 form on CPU (faster there); decomp; torchvision
+    channels_last: bool | None = None  # the trunk and x4 tail channels-last (EDVR.channels_last_tail); None: on CPU
+    cache: bool = True  # False recomputes every window's features (`Upscaler`)
+
+    def __post_init__(self) -> None:
+        if self.dcn_impl not in DCN_IMPLS:
+            raise UsageError(f"unknown dcn implementation {self.dcn_impl!r}; choose one of {', '.join(DCN_IMPLS)}")
+
+    def prepare(self, model: EDVR, device: torch.device, dtype: torch.dtype) -> EDVR:
+        """The loaded model as it runs: its aligners' form, the tail's memory layout, device and dtype."""
+        from vsrx.models.weights import convert_alignment
+
+        if model.config.align == "dcn" and (self.dcn_impl == "decomp" or (self.dcn_impl == "auto" and device.type == "cpu")):
+            model = convert_alignment(model, "decomp", 9)
+        if self.tail_channels_last(device):
+            model.channels_last_tail()
+        return model.to(device, dtype)
+
+    def tail_channels_last(self, device: torch.device) -> bool:
+        return self.channels_last if self.channels_last is not None else device.type == "cpu"
+
+    def settings(self, device: torch.device) -> dict:
+        """What a job manifest records of the engine."""
+        return {"dcn_impl": self.dcn_impl, "channels_last": self.tail_channels_last(device), "cache": self.cache}
 
 
 class Upscaler:

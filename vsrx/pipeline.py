@@ -26,13 +26,14 @@ import torch
 import torch.distributed as dist
 
 import vsrx
+from vsrx.device import pick_device, pick_dtype
 from vsrx.errors import UsageError, VsrxError
-from vsrx.inference import Upscaler, pixels_to_numpy, pixels_to_tensor, to_pixels, to_uint8
+from vsrx.inference import Engine, Upscaler, pixels_to_numpy, pixels_to_tensor, to_pixels
 from vsrx.io.job import Job, SegmentWriter, fingerprint, job_folder
 from vsrx.io.reader import Frame, FrameSource, open_source
 from vsrx.io.scenes import DEFAULT_THRESHOLD
 from vsrx.io.writer import check_target, check_video_options, is_frame_folder
-from vsrx.models import EDVR, EDVRConfig, convert_alignment, load_model
+from vsrx.models import load_sr_model
 
 Progress = Callable[[int, int, int], None]
 """progress(done, total, resumed): frames done of total, of which resumed from an earlier run."""
@@ -66,11 +67,6 @@ class UpscaleOptions:
     scene_cuts: str = "auto"  # auto: detect hard cuts and keep windows inside shots; off
     scene_threshold: float = DEFAULT_THRESHOLD
     segment_frames: int = 120  # frames per segment (rounded up to a multiple of batch)
-    # auto: dcn models run as their exact decomp-9 form on CPU, where it is faster; torchvision: every
-    # aligner through torchvision's deform_conv2d (decomp-N and flow embedded in a k x k kernel)
-    dcn_impl: str = "auto"
-    channels_last: bool | None = None  # the trunk and x4 tail channels-last (EDVR.channels_last_tail); None: on CPU
-    cache: bool = True  # False recomputes every window's features (the naive reference of `vsrx bench`)
 
 
 @dataclass
@@ -90,59 +86,6 @@ class UpscaleResult:
     scene_cuts: list[int] | None = None  # frames that start a new shot; None with --scene-cuts off
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """auto: fp16 on CUDA, fp32 on CPU. Aligners sample in fp32 whatever this is (see align.py)."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    if dtype is None:
-        raise UsageError(f"unknown precision {precision!r}; use auto, fp16, bf16 or fp32")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise UsageError("--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return dtype
-
-
-def resolve_model(opts: UpscaleOptions, device: torch.device, dtype: torch.dtype) -> tuple[EDVR, str, EDVRConfig, Path]:
-    """The model to run, its display name, its config as asked (a dcn model may run as decomp-9) and its weights file."""
-    from vsrx.models import zoo
-
-    name = opts.model or zoo.default_name()
-    if opts.model is None and (opts.align or opts.offsets):  # pick the asked variant of the default model's family
-        name = zoo.manifest()["models"][name].get("family") or name
-    model = load_model(name, opts.align, opts.offsets, device=device)
-    if not isinstance(model, EDVR):
-        raise UsageError(f"{name} is not a super-resolution model")
-    path = Path(name) if Path(name).exists() else zoo.resolve(name, opts.align, opts.offsets)
-    return prepare_model(model, opts, device, dtype), Path(name).name, model.config, path
-
-
-def prepare_model(model: EDVR, opts: UpscaleOptions, device: torch.device, dtype: torch.dtype) -> EDVR:
-    """How a loaded model runs: its aligners' implementation (`dcn_impl`), layout and dtype."""
-    if model.config.align == "dcn" and (opts.dcn_impl == "decomp" or (opts.dcn_impl == "auto" and device.type == "cpu")):
-        model = convert_alignment(model, "decomp", 9)
-    elif opts.dcn_impl == "torchvision":
-        for aligner in model.aligners().values():
-            aligner.via_torchvision = True
-    if opts.channels_last if opts.channels_last is not None else device.type == "cpu":
-        model.channels_last_tail()
-    return model.to(device, dtype)
-
-
 def frame_range(opts: UpscaleOptions, total: int) -> tuple[int, int]:
     end = total if opts.end is None else opts.end
     if not 0 <= opts.start < total:
@@ -160,22 +103,24 @@ class Session:
     rank fails that source on all of them, and the next source starts in step.
     """
 
-    def __init__(self, opts: UpscaleOptions, note: Callable[[str], None] | None = None) -> None:
+    def __init__(self, opts: UpscaleOptions, note: Callable[[str], None] | None = None, engine: Engine | None = None) -> None:
         from vsrx.models import zoo
 
         if opts.scene_cuts not in ("auto", "off"):
             raise UsageError(f"--scene-cuts takes auto or off, got {opts.scene_cuts!r}")
         if opts.segment_frames < 1:
             raise UsageError(f"--segment-frames must be at least 1, got {opts.segment_frames}")
-        self.opts, self.note = opts, note or (lambda msg: None)
+        self.opts, self.engine, self.note = opts, engine or Engine(), note or (lambda msg: None)
         self.world, self.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
         self.device = pick_device(opts.device)
         self.dtype = pick_dtype(opts.precision, self.device)
-        self.model, self.model_name, self.asked, weights = resolve_model(opts, self.device, self.dtype)
+        model, self.model_name, weights = load_sr_model(opts.model, opts.align, opts.offsets, self.device)
+        self.asked = model.config  # before `prepare`, which may run a dcn model as its decomp-9 form
+        self.model = self.engine.prepare(model, self.device, self.dtype)
         self.model_sha256 = zoo.sha256(weights)
         self.threshold = opts.scene_threshold if opts.scene_cuts == "auto" else None
         self.upscaler = Upscaler(self.model, padding=opts.padding, batch=opts.batch, device=self.device, dtype=self.dtype,
-                                 tile=opts.tile, tile_overlap=opts.tile_overlap, cache=opts.cache,
+                                 tile=opts.tile, tile_overlap=opts.tile_overlap, cache=self.engine.cache,
                                  scene_threshold=self.threshold, on_retry=self.note)
         self.segment_frames = -(-opts.segment_frames // self.upscaler.batch) * self.upscaler.batch
         self._own_group = self.world > 1 and not dist.is_initialized()
@@ -271,8 +216,7 @@ class Session:
         options = {"frames": frames_out, "start": start, "end": end, "segment_frames": self.segment_frames,
                    "padding": o.padding, "batch": self.upscaler.batch, "tile": o.tile, "tile_overlap": o.tile_overlap,
                    "device": self.device.type, "precision": str(self.dtype).removeprefix("torch."),
-                   "dcn_impl": o.dcn_impl, "channels_last": o.channels_last if o.channels_last is not None else self.device.type == "cpu",
-                   "cache": o.cache, "scene_cuts": o.scene_cuts, "scene_threshold": self.threshold}
+                   **self.engine.settings(self.device), "scene_cuts": o.scene_cuts, "scene_threshold": self.threshold}
         if not frames_out:
             options |= {"codec": o.codec, "crf": o.crf, "preset": o.preset, "pix_fmt": o.pix_fmt,
                         "encoder_options": dict(sorted(o.encoder_options.items()))}
@@ -351,9 +295,9 @@ class Estimate:
 
 
 def upscale(src: str, dst: str, opts: UpscaleOptions, progress: Progress | None = None,
-            note: Callable[[str], None] | None = None) -> UpscaleResult | None:
+            note: Callable[[str], None] | None = None, engine: Engine | None = None) -> UpscaleResult | None:
     """Upscale src into dst; returns the summary (None on ranks other than 0 under torchrun)."""
-    with Session(opts, note) as session:
+    with Session(opts, note, engine) as session:
         return session.run(src, dst, progress)
 
 
@@ -486,8 +430,6 @@ def run_ranges(upscaler: Upscaler, source: FrameSource, ranges: list[tuple[int, 
             yield _ready(pending.popleft())
     while pending:
         yield _ready(pending.popleft())
-    if upscaler.total_seen is not None and upscaler.total_seen < source.num_frames:
-        source.truncated = True
 
 
 def _ready(item: tuple[Frame, torch.Tensor, "torch.cuda.Event | None"]) -> tuple[Frame, np.ndarray]:
@@ -495,27 +437,3 @@ def _ready(item: tuple[Frame, torch.Tensor, "torch.cuda.Event | None"]) -> tuple
     if event is not None:
         event.synchronize()
     return frame, pixels_to_numpy(host)
-
-
-def model_rows(models: tuple[str, ...], aligns: tuple[str, ...], offsets_list: tuple[int, ...], device: str,
-               precision: str, batch: int, padding: str, tile: int | None) -> list:
-    """(RowSpec, sr_fn) for each model x alignment mode x N asked for, for `vsrx eval`."""
-    from vsrx.evaluate.runner import RowSpec
-    from vsrx.models import zoo
-
-    dev = pick_device(device)
-    dtype = pick_dtype(precision, dev)
-    rows = []
-    for name in models or (zoo.default_name(),):
-        for align in aligns or (None,):
-            for offsets in (offsets_list if align == "decomp" else ()) or (None,):
-                model, label, asked, _ = resolve_model(UpscaleOptions(model=name, align=align, offsets=offsets), dev, dtype)
-                upscaler = Upscaler(model, padding=padding, batch=batch, device=dev, dtype=dtype, tile=tile)
-
-                def sr_fn(lr_frames, upscaler=upscaler):
-                    frames = (torch.from_numpy(f).permute(2, 0, 1) for f in lr_frames)
-                    return (to_uint8(x).cpu().numpy() for x in upscaler.stream(frames, len(lr_frames)))
-
-                spec = RowSpec(label, asked.align, asked.offsets, sum(p.numel() for p in model.parameters()))
-                rows.append((spec, sr_fn))
-    return rows

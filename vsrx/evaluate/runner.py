@@ -26,6 +26,7 @@ from vsrx.errors import ModelError, UsageError
 from vsrx.evaluate.bicubic import bicubic_upscale
 from vsrx.evaluate.datasets import CONVENTIONAL_CHANNEL, SCALE, Clip, Dataset
 from vsrx.evaluate.metrics import frame_metrics
+from vsrx.models.config import Alignment
 
 METRICS = ("psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb")
 MAX_CLIP_COLUMNS = 8
@@ -173,6 +174,33 @@ def evaluate(
     return {"dataset": dataset.name, "rows": [run.result() for run in runs]}
 
 
+def model_rows(models: Sequence[str], aligns: Sequence[str], offsets_list: Sequence[int], device: str,
+               precision: str, batch: int, padding: str, tile: int | None) -> list[tuple[RowSpec, SrFn]]:
+    """(RowSpec, sr_fn) for each model x alignment mode x N asked for (`vsrx eval`); no models: the
+    bundled default model. Each runs as `vsrx upscale` runs it (`Engine`)."""
+    from vsrx.device import pick_device, pick_dtype
+    from vsrx.inference import Engine, Upscaler, to_uint8
+    from vsrx.models import load_sr_model, zoo
+
+    dev = pick_device(device)
+    dtype = pick_dtype(precision, dev)
+    rows = []
+    for name in models or (zoo.default_name(),):
+        for align in aligns or (None,):
+            for offsets in (offsets_list if align == "decomp" else ()) or (None,):
+                model, label, _ = load_sr_model(name, align, offsets, dev)
+                upscaler = Upscaler(Engine().prepare(model, dev, dtype), padding=padding, batch=batch, device=dev,
+                                    dtype=dtype, tile=tile)
+
+                def sr_fn(lr_frames, upscaler=upscaler):
+                    frames = (torch.from_numpy(f).permute(2, 0, 1) for f in lr_frames)
+                    return (to_uint8(x).cpu().numpy() for x in upscaler.stream(frames, len(lr_frames)))
+
+                spec = RowSpec(label, model.config.align, model.config.offsets, sum(p.numel() for p in model.parameters()))
+                rows.append((spec, sr_fn))
+    return rows
+
+
 def _jsonable(value: Any) -> Any:
     """`value` with non-finite floats replaced by the strings "inf", "-inf" or "nan"."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -207,9 +235,7 @@ def write_csv(result: dict[str, Any], path: str | Path) -> None:
 
 def _mode(row: dict[str, Any]) -> str:
     """Alignment mode of a row for display: dcn, flow, decomp-N, or '-'."""
-    if row["align"] == "decomp":
-        return f"decomp-{row['offsets']}"
-    return row["align"] or "-"
+    return Alignment.of(row["align"], row["offsets"]).name if row["align"] else "-"
 
 
 def _params(count: int | None) -> str:

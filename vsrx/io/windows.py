@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from vsrx.errors import InputError, UsageError
 
-PADDINGS = ("replicate", "reflection", "reflection_circle", "circle")
+PADDINGS = ("reflection_circle", "reflection", "replicate", "circle")
 
 
 def frame_indices(

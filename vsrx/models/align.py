@@ -19,19 +19,29 @@ so a dcn weight becomes a decomp-9 weight by a reshape.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from functools import lru_cache
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsrx.errors import ModelError
+from vsrx.models.config import Alignment
+from vsrx.models.hooks import record_forward
+from vsrx.ops.warp import sample_offsets
 
-ALIGN_MODES = ("dcn", "decomp", "flow")
+Displacements = tuple[Tensor, "Tensor | None"]
+"""(offsets, masks) of one aligner call: absolute (dy, dx) displacements (kernel position plus
+learned offset) of shape (B, G, N, 2, H, W), and masks (B, G, N, H, W) or None (flow mode)."""
+
+Implementation = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+"""How an aligner computes y from (x, offset, mask): see `Aligner.implementation`."""
 
 
-@lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def kernel_grid(n: int) -> tuple[tuple[int, int], ...]:
     """The N integer (dy, dx) positions nearest the origin (ties in row-major order), row-major.
 
@@ -44,65 +54,45 @@ def kernel_grid(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(nearest))
 
 
-def sample_offsets(x: Tensor, pos: Tensor) -> Tensor:
-    """Bilinearly sample ``x`` (B, C, H, W) at N displaced copies of the pixel grid.
+def in_float32(implementation: Implementation) -> Implementation:
+    """The implementation run in float32 on half-precision inputs, returning the input dtype:
+    sampling coordinates in half precision lose sub-pixel accuracy at large offsets (and
+    torchvision's kernel has no bf16)."""
 
-    ``pos`` is (B, N, 2, H, W): per-pixel (dy, dx) displacements in pixels. Returns
-    (B, C, N, H, W) with out[:, :, n, i, j] = x(i + dy, j + dx); samples outside the image
-    read zero (torchvision's deform_conv2d semantics).
-    """
-    b, c, h, w = x.shape
-    n = pos.shape[1]
-    ys = torch.arange(h, device=x.device, dtype=pos.dtype).view(h, 1)
-    xs = torch.arange(w, device=x.device, dtype=pos.dtype).view(1, w)
-    # grid_sample with align_corners=False maps normalised g to pixel ((g + 1) * size - 1) / 2.
-    gy = (2 * (pos[:, :, 0] + ys) + 1) / h - 1
-    gx = (2 * (pos[:, :, 1] + xs) + 1) / w - 1
-    grid = torch.stack((gx, gy), dim=-1).view(b, n * h, w, 2)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.view(b, c, n, h, w)
+    @functools.wraps(implementation)
+    def sampled_in_float32(x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            return implementation(x, offset, mask)
+        return implementation(x.float(), offset.float(), None if mask is None else mask.float()).to(x.dtype)
+
+    return sampled_in_float32
 
 
 class Aligner(nn.Module):
     """Deformable alignment of neighbour features by offsets predicted from ``offset_feat``.
 
     ``forward(x, offset_feat)``: x (B, in_ch, H, W) are the features to align, offset_feat
-    (B, offset_ch, H, W) the features the offsets are predicted from. When ``record`` is a
-    list, each call appends ``(offsets, masks)``: absolute (dy, dx) displacements
-    (kernel position plus learned offset) of shape (B, G, N, 2, H, W) and masks
-    (B, G, N, H, W) or None in flow mode. Recording costs nothing when ``record`` is None.
+    (B, offset_ch, H, W) the features the offsets are predicted from; returns (B, out_ch, H, W).
+    The offsets and masks of a call are what ``conv_offset`` returns, read as `displacements`;
+    `record_offsets` collects them while it is active.
     """
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        offset_ch: int,
-        groups: int = 8,
-        offsets: int = 9,
-        mode: str = "dcn",
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, offset_ch: int, alignment: Alignment) -> None:
         super().__init__()
-        if mode not in ALIGN_MODES:
-            raise ModelError(f"unknown alignment mode {mode!r}; choose one of {', '.join(ALIGN_MODES)}")
-        if mode == "dcn" and offsets != 9:
-            raise ModelError(f"dcn alignment has N=9 offsets (3x3 kernel), not {offsets}")
-        if mode == "flow" and (groups, offsets) != (1, 1):
-            raise ModelError("flow alignment has one group and one offset (G=N=1)")
-        if groups < 1 or offsets < 1 or in_ch % groups:
-            raise ModelError(f"{in_ch} channels cannot form {groups} groups with {offsets} offsets")
-        self.mode, self.groups, self.offsets = mode, groups, offsets
-        self.modulated = mode != "flow"
-        per_offset = 3 if self.modulated else 2
-        self.conv_offset = nn.Conv2d(offset_ch, groups * per_offset * offsets, 3, 1, 1)
-        shape = (out_ch, in_ch, 3, 3) if mode == "dcn" else (out_ch, in_ch * offsets, 1, 1)
+        if alignment.groups is None:
+            raise ModelError(f"an aligner needs its number of groups G ({alignment.name} does not say)")
+        alignment.check_channels(in_ch)
+        self.alignment = alignment
+        self.mode, self.groups, self.offsets = alignment.mode, alignment.groups, alignment.offsets
+        per_offset = 3 if alignment.modulated else 2
+        self.conv_offset = nn.Conv2d(offset_ch, self.groups * per_offset * self.offsets, 3, 1, 1)
+        shape = (out_ch, in_ch, 3, 3) if self.mode == "dcn" else (out_ch, in_ch * self.offsets, 1, 1)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.register_buffer(
-            "grid", torch.tensor(kernel_grid(offsets), dtype=torch.float32).view(1, 1, offsets, 2, 1, 1), persistent=False
+            "grid", torch.tensor(kernel_grid(self.offsets), dtype=torch.float32).view(1, 1, self.offsets, 2, 1, 1),
+            persistent=False,
         )
-        self.record: list | None = None
-        self.via_torchvision = False  # decomp/flow through deform_conv2d as well (the naive reference of `vsrx bench`)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,36 +107,43 @@ class Aligner(nn.Module):
         return f"mode={self.mode}, groups={self.groups}, offsets={self.offsets}"
 
     def forward(self, x: Tensor, offset_feat: Tensor) -> Tensor:
-        out = self.conv_offset(offset_feat)
+        offset, mask = self.split(self.conv_offset(offset_feat))
+        return self.implementation(x)(x, offset, mask)
+
+    def split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """conv_offset's output as (offset, mask): 2*G*N interleaved (dy, dx) offset channels and
+        G*N masks (sigmoid of the mask logits), or None in flow mode."""
+        k = 2 * self.groups * self.offsets
+        return out[:, :k], torch.sigmoid(out[:, k:]) if self.alignment.modulated else None
+
+    def displacements(self, out: Tensor) -> Displacements:
+        """conv_offset's output as (offsets, masks) per group and offset (see `Displacements`)."""
+        offset, mask = self.split(out)
+        b, _, h, w = offset.shape
         g, n = self.groups, self.offsets
-        offset = out[:, : 2 * g * n]
-        mask = torch.sigmoid(out[:, 2 * g * n :]) if self.modulated else None
-        if self.record is not None:
-            b, _, h, w = offset.shape
-            absolute = offset.reshape(b, g, n, 2, h, w) + self.grid.to(offset.dtype)
-            self.record.append((absolute, None if mask is None else mask.reshape(b, g, n, h, w)))
-        if self.mode != "dcn" and not self.via_torchvision and x.is_cuda and not torch.is_grad_enabled():
+        absolute = offset.reshape(b, g, n, 2, h, w) + self.grid.to(offset.dtype)
+        return absolute, None if mask is None else mask.reshape(b, g, n, h, w)
+
+    def implementation(self, x: Tensor) -> Implementation:
+        """How this call computes, chosen in this one place (per call: the device and autograd
+        state are known only then). dcn: torchvision's kernel. decomp-N and flow: the fused
+        kernel for inference on CUDA where triton runs, else Eq. 3 in PyTorch operations."""
+        if self.mode == "dcn":
+            return in_float32(self.deform_conv)
+        if x.is_cuda and not torch.is_grad_enabled():
             from vsrx.ops import fused  # imports triton only for CUDA inference
 
-            if fused.available(x):  # Eq. 3 in one kernel: the N*C stacked tensor never reaches memory
-                return fused.fused_decomp(x, offset, mask, self.weight, self.bias, self.grid, self.groups, self.offsets)
-        out_dtype = x.dtype
-        if out_dtype in (torch.float16, torch.bfloat16):
-            # Sampling coordinates in half precision lose sub-pixel accuracy at large offsets
-            # (and torchvision's kernel has no bf16): sample in float32, return the input dtype.
-            x, offset = x.float(), offset.float()
-            mask = None if mask is None else mask.float()
-        if self.mode == "dcn":
-            from torchvision.ops import deform_conv2d  # imported on use: torchvision takes ~1 s to import
+            if fused.available(x):
+                return self.fused  # reads any input dtype; samples in float32 itself
+        return in_float32(self.decomposed)
 
-            y = deform_conv2d(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), padding=1, mask=mask)
-        elif self.via_torchvision:
-            y = self._via_deform_conv2d(x, offset, mask)
-        else:
-            y = self._decomposed(x, offset, mask)
-        return y.to(out_dtype)
+    def deform_conv(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
+        """dcn: torchvision's modulated deform_conv2d with the 3x3 weight."""
+        from torchvision.ops import deform_conv2d  # imported on use: torchvision takes ~1 s to import
 
-    def _decomposed(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
+        return deform_conv2d(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), padding=1, mask=mask)
+
+    def decomposed(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
         """Eq. 3: N warps per group, modulated, stacked, one 1x1 convolution."""
         b, c, h, w = x.shape
         g, n = self.groups, self.offsets
@@ -158,25 +155,30 @@ class Aligner(nn.Module):
             warped = warped * mask if torch.is_grad_enabled() else warped.mul_(mask)
         return F.conv2d(warped.reshape(b, c * n, h, w), self.weight.to(x.dtype), self.bias.to(x.dtype))
 
-    def _via_deform_conv2d(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
-        """The same function through torchvision's deform_conv2d: the N kernel positions placed in
-        the smallest odd k x k kernel that holds them, the other taps with zero weight and mask."""
-        from torchvision.ops import deform_conv2d
+    def fused(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
+        """Eq. 3 in one Triton kernel (CUDA inference): the N*C stacked tensor never reaches memory."""
+        from vsrx.ops import fused
 
-        b, c, h, w = x.shape
-        g, n = self.groups, self.offsets
-        points = kernel_grid(n)
-        r = max(max(abs(dy), abs(dx)) for dy, dx in points)
-        k = 2 * r + 1
-        taps = [(dy + r) * k + dx + r for dy, dx in points]
-        full = offset.new_zeros(b, g, k * k, 2, h, w)
-        full[:, :, taps] = offset.reshape(b, g, n, 2, h, w)
-        modulation = offset.new_zeros(b, g, k * k, h, w)
-        modulation[:, :, taps] = 1 if mask is None else mask.reshape(b, g, n, h, w)
-        weight = x.new_zeros(self.weight.shape[0], c, k * k)
-        weight[:, :, taps] = self.weight.to(x.dtype).reshape(-1, c, n)
-        return deform_conv2d(x, full.view(b, -1, h, w), weight.view(-1, c, k, k), self.bias.to(x.dtype),
-                             padding=r, mask=modulation.view(b, -1, h, w))
+        return fused.fused_decomp(x, offset, mask, self.weight, self.bias, self.grid, self.groups, self.offsets)
+
+
+@contextlib.contextmanager
+def record_offsets(aligners: Mapping[str, Aligner],
+                   keep: Callable[[Tensor], Tensor] | None = None) -> Iterator[dict[str, list[Displacements]]]:
+    """While active, every call of each aligner appends its `Displacements` to the aligner's list,
+    ``{name: [(offsets, masks), ...]}`` (with ``keep`` applied to each tensor, e.g. to keep some
+    rows on the CPU). The tensors are those of the forward pass: a loss on them trains the
+    offset predictors. Nothing is recorded, and nothing costs, outside the block."""
+    def reader(aligner: Aligner) -> Callable:
+        def read(module: nn.Module, inputs: tuple, out: Tensor) -> Displacements:
+            offsets, masks = aligner.displacements(out)
+            if keep is None:
+                return offsets, masks
+            return keep(offsets), None if masks is None else keep(masks)
+        return read
+
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(record_forward([a.conv_offset], reader(a))) for name, a in aligners.items()}
 
 
 def dcn_to_decomp(weight: Tensor) -> Tensor:

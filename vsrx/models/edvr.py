@@ -11,76 +11,17 @@ upsamples one window of cached pyramids. ``forward`` is the two composed.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vsrx.errors import ModelError
-from vsrx.models.align import ALIGN_MODES, Aligner
+from vsrx.models.align import Aligner
+from vsrx.models.config import PRESETS, Alignment, EDVRConfig
+
+__all__ = ["EDVR", "PRESETS", "EDVRConfig", "PCDAlignment", "TSAFusion"]
 
 Pyramid = tuple[Tensor, Tensor, Tensor]
-
-
-@dataclass(frozen=True)
-class EDVRConfig:
-    """Everything needed to rebuild an EDVR model; stored in every weights file."""
-
-    num_feat: int = 64
-    num_frame: int = 7
-    groups: int = 8
-    num_extract_block: int = 5
-    num_reconstruct_block: int = 10
-    with_tsa: bool = True
-    align: str = "dcn"
-    offsets: int = 9
-    center_frame_idx: int | None = None
-    hr_feat: int = 64  # width of the x4 tail (upconv2 output / 4, conv_hr); BasicSR fixes it at 64
-
-    def __post_init__(self) -> None:
-        if self.align not in ALIGN_MODES:
-            raise ModelError(f"unknown alignment mode {self.align!r}; choose one of {', '.join(ALIGN_MODES)}")
-        if self.align == "dcn" and self.offsets != 9:
-            raise ModelError(f"dcn alignment has N=9 offsets, not {self.offsets}; use --align decomp for other N")
-        if self.align == "flow" and (self.groups, self.offsets) != (1, 1):
-            raise ModelError("flow alignment has one group and one offset (G=N=1)")
-        if self.num_feat % self.groups:
-            raise ModelError(f"num_feat {self.num_feat} is not divisible by {self.groups} groups")
-        if self.num_frame < 1 or not 0 <= self.center < self.num_frame:
-            raise ModelError(f"bad window: {self.num_frame} frames, centre {self.center_frame_idx}")
-
-    @property
-    def center(self) -> int:
-        return self.num_frame // 2 if self.center_frame_idx is None else self.center_frame_idx
-
-    @property
-    def mode_name(self) -> str:
-        """'dcn', 'flow' or 'decomp-N'."""
-        return f"decomp-{self.offsets}" if self.align == "decomp" else self.align
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "EDVRConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        data = json.loads(text)
-        unknown = set(data) - fields
-        if unknown:
-            raise ModelError(f"model config has unknown fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-
-# Architecture presets (alignment and window are chosen separately).
-PRESETS: dict[str, dict] = {
-    "edvr-m": dict(num_feat=64, groups=8, num_extract_block=5, num_reconstruct_block=10, with_tsa=True),
-    "edvr-l": dict(num_feat=128, groups=8, num_extract_block=5, num_reconstruct_block=40, with_tsa=True),
-    # CPU-friendly: half EDVR-M's width everywhere, including the x4 tail that dominates its cost.
-    "edvr-s": dict(num_feat=32, groups=4, num_extract_block=2, num_reconstruct_block=5, with_tsa=False, hr_feat=32),
-}
 
 
 def lrelu(x: Tensor) -> Tensor:
@@ -110,7 +51,7 @@ class ResidualBlockNoBN(nn.Module):
 class PCDAlignment(nn.Module):
     """Pyramid, Cascading and Deformable alignment of neighbour features to the reference."""
 
-    def __init__(self, num_feat: int, groups: int, offsets: int, mode: str) -> None:
+    def __init__(self, num_feat: int, alignment: Alignment) -> None:
         super().__init__()
         self.offset_conv1, self.offset_conv2 = nn.ModuleDict(), nn.ModuleDict()
         self.offset_conv3, self.dcn_pack, self.feat_conv = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
@@ -123,10 +64,10 @@ class PCDAlignment(nn.Module):
                 self.offset_conv2[level] = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
                 self.offset_conv3[level] = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
                 self.feat_conv[level] = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
-            self.dcn_pack[level] = Aligner(num_feat, num_feat, num_feat, groups, offsets, mode)
+            self.dcn_pack[level] = Aligner(num_feat, num_feat, num_feat, alignment)
         self.cas_offset_conv1 = nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1)
         self.cas_offset_conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.cas_dcnpack = Aligner(num_feat, num_feat, num_feat, groups, offsets, mode)
+        self.cas_dcnpack = Aligner(num_feat, num_feat, num_feat, alignment)
 
     @staticmethod
     def half_conv(conv: nn.Conv2d, x: Tensor, second: bool) -> Tensor:
@@ -247,7 +188,7 @@ class EDVR(nn.Module):
         self.conv_l2_2 = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_l3_1 = nn.Conv2d(nf, nf, 3, 2, 1)
         self.conv_l3_2 = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.pcd_align = PCDAlignment(nf, config.groups, config.offsets, config.align)
+        self.pcd_align = PCDAlignment(nf, config.alignment)
         if config.with_tsa:
             self.fusion: nn.Module = TSAFusion(nf, config.num_frame, config.center)
         else:

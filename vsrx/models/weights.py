@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from vsrx.errors import InputError, ModelError
 from vsrx.io.atomic import atomic_write
 from vsrx.models.align import dcn_to_decomp, decomp_to_dcn
+from vsrx.models.config import Alignment
 from vsrx.models.edvr import EDVR, PRESETS, EDVRConfig
 
 ARCH_KEY, CONFIG_KEY = "vsrx.arch", "vsrx.config"
@@ -125,14 +126,14 @@ def convert_alignment(model: EDVR, align: str, offsets: int | None = None) -> ED
 
     Any other change of mode or N changes the function and is refused.
     """
-    src = model.config
-    offsets = offsets or (1 if align == "flow" else 9)
-    if (align, offsets) == (src.align, src.offsets):
+    src = model.config.alignment
+    target = Alignment.of(align, offsets, 1 if align == "flow" else src.groups)
+    if target == src:
         return model
-    if {src.mode_name, f"decomp-{offsets}" if align == "decomp" else align} != {"dcn", "decomp-9"}:
+    if {src.name, target.name} != {"dcn", "decomp-9"}:
         raise ModelError(
-            f"a {src.mode_name} model cannot run as {align}"
-            + (f" with {offsets} offsets" if align == "decomp" else "")
+            f"a {src.name} model cannot run as {align}"
+            + (f" with {target.offsets} offsets" if align == "decomp" else "")
             + "; only dcn <-> decomp with 9 offsets is an exact conversion"
         )
     reshape = dcn_to_decomp if align == "decomp" else decomp_to_dcn
@@ -140,7 +141,7 @@ def convert_alignment(model: EDVR, align: str, offsets: int | None = None) -> ED
     for name in model.aligners():
         state[f"{name}.weight"] = reshape(state[f"{name}.weight"])
     like = next(model.parameters())
-    converted = EDVR(EDVRConfig(**{**src.__dict__, "align": align, "offsets": offsets})).to(like)
+    converted = EDVR(model.config.with_alignment(target)).to(like)
     converted.load_state_dict(state, strict=True)
     return converted.train(model.training)
 

@@ -13,31 +13,91 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from vsrx.errors import ModelError
+from vsrx.models.config import Alignment
 
 WEIGHTS_DIR = Path(os.environ.get("VSRX_WEIGHTS") or str(resources.files("vsrx") / "weights"))
 
 
+@dataclass(frozen=True)
+class ZooModel:
+    """One pretrained model of the manifest. ``meta`` is its whole manifest entry (recipe, measured
+    ``metrics``, ``notes``, ...), as torchvision's weights carry theirs; the fields are what code reads."""
+
+    name: str
+    file: str
+    sha256: str
+    arch: str
+    params: int
+    family: str | None = None
+    alignment: Alignment | None = None  # EDVR models only
+    frames: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_entry(cls, name: str, entry: dict[str, Any]) -> ZooModel:
+        """A manifest entry ({"file", "sha256", "arch", "params", "family", "align", "offsets", ...})."""
+        alignment = Alignment(entry["align"], entry["offsets"], entry.get("groups")) if "align" in entry else None
+        return cls(name, entry["file"], entry["sha256"], entry.get("arch", "-"), entry["params"], entry.get("family"),
+                   alignment, entry.get("frames"), entry)
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.file
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_file()
+
+    def psnr_gain(self, dataset: str) -> float | None:
+        """Measured Y PSNR over bicubic in dB on a manifest metrics key (e.g. "davis"); None if not measured."""
+        m = self.meta.get("metrics", {}).get(dataset)
+        return m["psnr_y"] - m["bicubic_psnr_y"] if m else None
+
+    def verified_path(self) -> Path:
+        """The weights file, checked against its sha256."""
+        if not self.present:
+            raise ModelError(f"weights of {self.name} are missing: {self.path}")
+        if sha256(self.path) != self.sha256:
+            raise ModelError(f"weights of {self.name} are corrupt (sha256 mismatch): {self.path}")
+        return self.path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """vsrx/weights/manifest.json: the default model's name and every model by name."""
+
+    default: str | None
+    models: dict[str, ZooModel]
+
+    def to_json(self) -> dict[str, Any]:
+        """As the manifest file stores it, with each model's "present"."""
+        return {"default": self.default, "models": {n: {**m.meta, "present": m.present} for n, m in self.models.items()}}
+
+
 @lru_cache(maxsize=1)
-def manifest() -> dict:
-    """{"default": name | None, "models": {name: entry}}; empty when no weights are bundled."""
+def manifest() -> Manifest:
+    """The bundled manifest; empty when no weights are bundled."""
     path = WEIGHTS_DIR / "manifest.json"
     if not path.is_file():
-        return {"default": None, "models": {}}
-    return json.loads(path.read_text())
+        return Manifest(None, {})
+    data = json.loads(path.read_text())
+    return Manifest(data.get("default"), {name: ZooModel.from_entry(name, e) for name, e in data["models"].items()})
 
 
 def names() -> list[str]:
-    models = manifest()["models"]
-    return [*models, *sorted({e["family"] for e in models.values() if "family" in e})]
+    models = manifest().models
+    return [*models, *sorted({m.family for m in models.values() if m.family})]
 
 
 def default_name() -> str:
-    name = manifest().get("default")
+    name = manifest().default
     if not name:
         raise ModelError(f"no default model is bundled ({WEIGHTS_DIR} has no manifest default); pass --model PATH to a .safetensors file")
     return name
@@ -51,37 +111,27 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def mode_of(entry: dict) -> str:
-    return f"decomp-{entry['offsets']}" if entry["align"] == "decomp" else entry["align"]
-
-
-def pick(name: str, align: str | None = None, offsets: int | None = None) -> tuple[str, dict]:
-    """The zoo entry for a model name, or for a family plus alignment mode."""
-    models = manifest()["models"]
+def pick(name: str, align: str | None = None, offsets: int | None = None) -> ZooModel:
+    """The zoo model of a name, or of a family plus alignment mode (default: its decomp variant;
+    a dcn model also serves decomp-9, as its exact conversion)."""
+    models = manifest().models
     if name in models:
-        return name, models[name]
-    family = {n: e for n, e in models.items() if e.get("family") == name}
+        return models[name]
+    family = [m for m in models.values() if m.family == name]
     if not family:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(names()) or 'none bundled'}")
     wanted = align or "decomp"
-    for n, e in family.items():
-        if e["align"] == wanted and (offsets is None or e["offsets"] == offsets):
-            return n, e
+    for m in family:
+        if m.alignment.mode == wanted and (offsets is None or m.alignment.offsets == offsets):
+            return m
     if wanted == "decomp" and offsets in (None, 9):
-        dcn = [(n, e) for n, e in family.items() if e["align"] == "dcn"]
+        dcn = [m for m in family if m.alignment.mode == "dcn"]
         if dcn:
             return dcn[0]
-    asked = f"decomp-{offsets}" if wanted == "decomp" and offsets else wanted
-    available = ", ".join(f"--align {e['align']}" + (f" --offsets {e['offsets']}" if e["align"] == "decomp" else "") for e in family.values())
-    raise ModelError(f"{name} has no {asked} variant; available: {available}")
+    asked = Alignment.of(wanted, offsets).name if offsets else wanted
+    raise ModelError(f"{name} has no {asked} variant; available: {', '.join(m.alignment.flags for m in family)}")
 
 
 def resolve(name: str, align: str | None = None, offsets: int | None = None) -> Path:
     """The sha256-checked weights file of a zoo model (by name, or family plus mode)."""
-    chosen, entry = pick(name, align, offsets)
-    path = WEIGHTS_DIR / entry["file"]
-    if not path.is_file():
-        raise ModelError(f"weights of {chosen} are missing: {path}")
-    if sha256(path) != entry["sha256"]:
-        raise ModelError(f"weights of {chosen} are corrupt (sha256 mismatch): {path}")
-    return path
+    return pick(name, align, offsets).verified_path()

@@ -1,6 +1,6 @@
 """Fused Triton kernel for the decomposed modulated deformable alignment (the paper's Eq. 3).
 
-``Aligner._decomposed`` computes N bilinear warps of every channel group, multiplies each by
+``Aligner.decomposed`` computes N bilinear warps of every channel group, multiplies each by
 its modulation mask, stacks them as channel ``c*N + n`` of a (B, C*N, H, W) tensor and mixes
 that with one 1x1 convolution. `fused_decomp` computes the same
 
@@ -180,6 +180,8 @@ def pack_weight(weight: Tensor, groups: int, offsets: int, dtype: torch.dtype) -
     return w.permute(1, 3, 0, 2).reshape(groups * offsets, o, -1).to(dtype).contiguous()
 
 
+# ~100 lines: the input checks, the launch heuristic and the one launch of `_decomp_kernel`, kept in
+# one piece as they were validated on the GPU (tests/test_fused.py, benchmarks/gpu_run.py).
 def fused_decomp(
     x: Tensor,
     offset: Tensor,
@@ -195,7 +197,7 @@ def fused_decomp(
     num_warps: int | None = None,
     precision: str | None = None,
 ) -> Tensor:
-    """Eq. 3 in one kernel: same result as ``Aligner._decomposed(x, offset, mask)``.
+    """Eq. 3 in one kernel: same result as ``Aligner.decomposed(x, offset, mask)``.
 
     x (B, C, H, W) float32/fp16/bf16 (any strides, e.g. channels_last); offset
     (B, 2*G*N, H, W) interleaved (dy, dx) per (g, n), any float dtype (read as float32);

@@ -1,4 +1,5 @@
-"""Bilinear sampling at pixel coordinates and backward warping by a flow field.
+"""Bilinear sampling at pixel coordinates, backward warping by a flow field, and sampling at N
+offsets per pixel (the warps of deformable alignment).
 
 Project convention for flows and offsets: channel 0 is dy (vertical), channel 1 is dx
 (horizontal), both in pixels, and warping means ``out(p) = x(p + flow(p))``. Pixel ``(i, j)``
@@ -18,6 +19,17 @@ from vsrx.errors import InputError
 PaddingMode = Literal["zeros", "border"]
 
 
+def sample_at(x: Tensor, ys: Tensor, xs: Tensor, padding_mode: PaddingMode = "zeros") -> Tensor:
+    """Sample ``x`` (B,C,H,W) bilinearly at pixel rows ``ys`` and columns ``xs`` (B,h,w); (B,C,h,w).
+
+    The one bilinear sampler: `sample_bilinear`, `flow_warp` and `sample_offsets` all sample here.
+    """
+    height, width = x.shape[-2:]
+    # Pixel centre i maps to (2i + 1) / size - 1 under align_corners=False; valid for size 1 too.
+    grid = torch.stack(((2.0 * xs + 1.0) / width - 1.0, (2.0 * ys + 1.0) / height - 1.0), dim=-1).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
 def sample_bilinear(x: Tensor, coords: Tensor, padding_mode: PaddingMode = "zeros") -> Tensor:
     """Sample ``x`` (B,C,H,W) bilinearly at absolute pixel coordinates ``coords`` (B,2,h,w).
 
@@ -30,12 +42,23 @@ def sample_bilinear(x: Tensor, coords: Tensor, padding_mode: PaddingMode = "zero
         )
     if padding_mode not in ("zeros", "border"):
         raise InputError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-    height, width = x.shape[-2:]
-    # Pixel centre i maps to (2i + 1) / size - 1 under align_corners=False; valid for size 1 too.
-    grid_y = (2.0 * coords[:, 0] + 1.0) / height - 1.0
-    grid_x = (2.0 * coords[:, 1] + 1.0) / width - 1.0
-    grid = torch.stack((grid_x, grid_y), dim=-1).to(x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    return sample_at(x, coords[:, 0], coords[:, 1], padding_mode)
+
+
+def sample_offsets(x: Tensor, pos: Tensor) -> Tensor:
+    """Bilinearly sample ``x`` (B, C, H, W) at N displaced copies of the pixel grid.
+
+    ``pos`` is (B, N, 2, H, W): per-pixel (dy, dx) displacements in pixels. Returns
+    (B, C, N, H, W) with out[:, :, n, i, j] = x(i + dy, j + dx); samples outside the image
+    read zero (torchvision's deform_conv2d semantics). The N copies are sampled as one
+    (N*H, W) image of coordinates, in a single grid_sample.
+    """
+    b, c, h, w = x.shape
+    n = pos.shape[1]
+    ys = torch.arange(h, device=x.device, dtype=pos.dtype).view(h, 1)
+    xs = torch.arange(w, device=x.device, dtype=pos.dtype).view(1, w)
+    rows, cols = (pos[:, :, 0] + ys).view(b, n * h, w), (pos[:, :, 1] + xs).view(b, n * h, w)
+    return sample_at(x, rows, cols).view(b, c, n, h, w)
 
 
 def pixel_grid(height: int, width: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:

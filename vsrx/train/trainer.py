@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from vsrx.errors import UsageError
 from vsrx.models import EDVR, build_model, convert_alignment, load_model
+from vsrx.models.align import record_offsets
 from vsrx.models.edvr import EDVRConfig
 from vsrx.models.weights import CONFIG_KEY, read_metadata
 from vsrx.train.data import WindowPatches, load_clips, lr_from_hr
@@ -130,9 +132,8 @@ class EDVRTask:
         cfg = self.cfg
         gt = batch["gt"].to(device, non_blocking=True)
         lr_frames = batch["lr"].to(device, non_blocking=True) if "lr" in batch else lr_from_hr(batch["hr"].to(device, non_blocking=True))
-        for a in self.aligners.values():
-            a.record = [] if cfg.offset_fidelity or watch else None
-        sr = net(lr_frames)
+        with record_offsets(self.aligners) if cfg.offset_fidelity or watch else contextlib.nullcontext() as records:
+            sr = net(lr_frames)
         loss = charbonnier(sr.float(), gt)
         extras: dict[str, Any] = {}
         if cfg.offset_fidelity:
@@ -140,19 +141,17 @@ class EDVRTask:
                 flow, valid = batch["flow"].to(device), batch["has_flow"].to(device).repeat_interleave(cfg.frames)
             else:
                 flow, valid = estimate_flow(self.spynet, lr_frames, cfg.frames // 2), None
-            offsets = [a.record[0][0].float() for a in self.aligners.values()]
+            offsets = [records[name][0][0].float() for name in self.aligners]
             fidelity = offset_fidelity(offsets, flow.flatten(0, 1).float(), cfg.fidelity_threshold, valid)
             loss = loss + cfg.offset_fidelity * fidelity
             if watch:
                 extras["fidelity"] = fidelity.item()
         if watch:
-            extras["offset_mean"] = {n: round(a.record[0][0].detach().abs().mean().item(), 3) for n, a in self.aligners.items()}
+            extras["offset_mean"] = {n: round(records[n][0][0].detach().abs().mean().item(), 3) for n in self.aligners}
             worst = max(extras["offset_mean"].values())
             extras["offset_max"] = float(worst)
             if worst > OVERFLOW_WARNING:
                 self.log(f"warning: offsets overflowing (mean |offset| {worst:.1f} > {OVERFLOW_WARNING:.0f}); consider --offset-fidelity")
-        for a in self.aligners.values():
-            a.record = None
         return loss, extras
 
     def deploy(self, model: nn.Module) -> nn.Module:

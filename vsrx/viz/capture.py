@@ -8,6 +8,7 @@ grow with the clip. The model runs up to its fusion module and stops: no x4 reco
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,10 @@ from vsrx.errors import InputError, ModelError, UsageError
 from vsrx.inference import pad_to_multiple
 from vsrx.io.reader import FrameSource
 from vsrx.io.windows import frame_indices
-from vsrx.models.align import Aligner, sample_offsets
+from vsrx.models.align import Aligner, record_offsets
 from vsrx.models.edvr import EDVR
+from vsrx.models.hooks import record_forward
+from vsrx.ops.warp import sample_offsets
 
 LEVELS = ("l3", "l2", "l1", "cascade")
 ALIGNER_NAMES = {
@@ -102,19 +105,7 @@ class WindowCapture:
 
 
 class _Stop(Exception):
-    """Raised by a hook once fusion has run, to skip the reconstruction."""
-
-
-class _KeepRows(list):
-    """An Aligner.record that keeps only some batch rows of each (offsets, masks) entry."""
-
-    def __init__(self, rows: Tensor) -> None:
-        super().__init__()
-        self.rows = rows
-
-    def append(self, item) -> None:
-        offsets, masks = item
-        super().append((offsets[self.rows].float().cpu(), None if masks is None else masks[self.rows].float().cpu()))
+    """Raised once fusion has run, to skip the reconstruction."""
 
 
 @torch.inference_mode()
@@ -135,51 +126,34 @@ def capture_window(model: EDVR, frames: Tensor, slots: list[int], levels: tuple[
     param = next(model.parameters())
     x = pad_to_multiple(frames.to(param.device, param.dtype))
     rows = torch.tensor(slots, device=param.device)
-    store: dict[str, dict] = {lv: {} for lv in levels}
-    found: dict[str, Tensor] = {}
-    handles = []
 
-    def keep_io(level: str):
-        def hook(module, args, output):
-            store[level]["inputs"] = args[0][rows].float().cpu()
-            store[level]["outputs"] = output[rows].float().cpu()
-        return hook
+    def kept(tensor: Tensor) -> Tensor:
+        return tensor[rows].float().cpu()
 
-    def keep(name: str, stop: bool = False):
-        def hook(module, args, output):
-            found[name] = output.float().cpu()
-            if stop:
-                raise _Stop
-        return hook
+    def stop(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        raise _Stop  # fusion has run: skip the reconstruction
 
     aligners = {lv: model.get_submodule(ALIGNER_NAMES[lv]) for lv in levels}
-    try:
-        for lv, aligner in aligners.items():
-            aligner.record = _KeepRows(rows)
-            handles.append(aligner.register_forward_hook(keep_io(lv)))
-        handles.append(model.pcd_align.register_forward_hook(keep("aligned")))
-        handles.append(model.fusion.register_forward_hook(keep("fused", stop=True)))
+    with contextlib.ExitStack() as stack:
+        io = {lv: stack.enter_context(record_forward([a], lambda m, args, out: (kept(args[0]), kept(out))))
+              for lv, a in aligners.items()}
+        displacements = stack.enter_context(record_offsets(aligners, keep=kept))
+        aligned = stack.enter_context(record_forward([model.pcd_align], lambda m, args, out: out.float().cpu()))
+        fused = stack.enter_context(record_forward([model.fusion], lambda m, args, out: out.float().cpu()))
+        stack.enter_context(record_forward([model.fusion], stop))
         pyramid = tuple(level.unsqueeze(0) for level in model.extract(x))
         try:
             model.reconstruct_window(pyramid, x[center : center + 1])
         except _Stop:
             pass
-        result = {}
-        for lv, aligner in aligners.items():
-            if len(aligner.record) != 1:
-                raise ModelError(f"{ALIGNER_NAMES[lv]} ran {len(aligner.record)} times for one window (expected once)")
-            offsets, masks = aligner.record[0]
-            result[lv] = LevelCapture(offsets, masks, store[lv]["inputs"], store[lv]["outputs"],
-                                      aligner.grid.view(-1, 2).float().cpu(), LEVEL_SCALE[lv])
-    finally:
-        for h in handles:
-            h.remove()
-        for aligner in aligners.values():
-            aligner.record = None
-    fused = found["fused"]
-    if fused.dim() == 4:
-        fused = fused[0]
-    return WindowCapture(slots, center, tuple(frames.shape[-2:]), result, found["aligned"], fused)
+    result = {}
+    for lv, aligner in aligners.items():
+        if len(displacements[lv]) != 1:
+            raise ModelError(f"{ALIGNER_NAMES[lv]} ran {len(displacements[lv])} times for one window (expected once)")
+        (offsets, masks), (inputs, outputs) = displacements[lv][0], io[lv][0]
+        result[lv] = LevelCapture(offsets, masks, inputs, outputs, aligner.grid.view(-1, 2).float().cpu(), LEVEL_SCALE[lv])
+    fused_map = fused[0][0] if fused[0].dim() == 4 else fused[0]
+    return WindowCapture(slots, center, tuple(frames.shape[-2:]), result, aligned[0], fused_map)
 
 
 def valid_size(size: tuple[int, int], scale: int) -> tuple[int, int]:

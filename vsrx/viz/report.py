@@ -437,9 +437,9 @@ def _label(o: dict) -> str:
 
 def viz_offsets(clip: str, out: str, opts: VizOptions, note: Callable[[str], None] | None = None) -> VizResult:
     """Load the model and the clip's window, compute the reference flow and write the report."""
+    from vsrx.device import pick_device
     from vsrx.io.reader import open_source
     from vsrx.models import load_model, zoo
-    from vsrx.pipeline import pick_device
     from vsrx.viz.capture import read_window, window_for
 
     note = note or (lambda msg: None)

@@ -1,0 +1,49 @@
+"""The device and the precision a command runs at, from their command-line names.
+
+torch is imported on use: the command line takes `PRECISIONS` from here for its choices.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from vsrx.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU;
+    or cpu, cuda, cuda:N, checked."""
+    import torch
+
+    if name == "auto":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on CUDA, fp32 on CPU. Aligners sample in fp32 whatever this is (see align.py)."""
+    import torch
+
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if dtype is None:
+        raise UsageError(f"unknown precision {precision!r}; use auto, fp16, bf16 or fp32")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UsageError("--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return dtype
