@@ -222,6 +222,16 @@ def test_recording_is_off_outside_its_block_and_has_grid_positions():
     assert torch.all(masks == 0.5)
 
 
+def test_recorded_offsets_train_the_offset_predictor():
+    """A loss on what record_offsets returns reaches conv_offset (the offset-fidelity loss's path)."""
+    model = tiny("decomp", 5)
+    aligner = model.aligners()["pcd_align.dcn_pack.l1"]
+    with record_offsets({"l1": aligner}) as recorded:
+        model(torch.rand(1, 3, 3, 8, 8))
+    recorded["l1"][0][0].square().sum().backward()
+    assert aligner.conv_offset.weight.grad.abs().sum() > 0
+
+
 def test_save_load_round_trip(tmp_path):
     model = tiny("decomp", 3, with_tsa=False).eval()
     path = save_model(model, tmp_path / "m.safetensors")

@@ -22,6 +22,7 @@ from vsrx.errors import UsageError, VsrxError
 from vsrx.io.scenes import SceneCuts
 from vsrx.io.windows import frame_indices
 from vsrx.models.edvr import EDVR
+from vsrx.models.weights import convert_alignment
 
 MIN_TILE = 32
 DCN_IMPLS = ("auto", "decomp", "torchvision")
@@ -79,8 +80,6 @@ class Engine:
 
     def prepare(self, model: EDVR, device: torch.device, dtype: torch.dtype) -> EDVR:
         """The loaded model as it runs: its aligners' form, the tail's memory layout, device and dtype."""
-        from vsrx.models.weights import convert_alignment
-
         if model.config.align == "dcn" and (self.dcn_impl == "decomp" or (self.dcn_impl == "auto" and device.type == "cpu")):
             model = convert_alignment(model, "decomp", 9)
         if self.tail_channels_last(device):
