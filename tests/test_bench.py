@@ -3,18 +3,19 @@
 import json
 
 import pytest
-from click.testing import CliRunner
+
+from helpers import cli
 
 from vsrx.bench import cases
-from vsrx.cli import main
 from vsrx.errors import UsageError
 from vsrx.runtime import keep_freed_memory
 
 
+@pytest.mark.slow
 def test_bench_compares_each_mode_with_its_naive_reference(tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["bench", "--modes", "decomp-5,flow", "--size", "16x20", "--frames", "2",
-                                       "--num-frame", "3", "--threads", "1", "--json", str(out)])
+    result = cli("bench", "--modes", "decomp-5,flow", "--size", "16x20", "--frames", "2", "--num-frame", "3",
+                 "--threads", "1", "--json", out)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["results"]
     refs = [r for r in rows if r["reference"]]

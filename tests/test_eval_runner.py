@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from clips import make_clip
+from helpers import cli, tiny_edvr
 from rich.console import Console
 from torchvision.io import decode_image, read_file, write_png
 
@@ -148,19 +149,13 @@ def test_video_dataset_end_to_end(tmp_path):
 
 def test_eval_cli_runs_models_and_modes_into_one_table(vid4_root, tmp_path):
     """`vsrx eval` with a dcn model run as dcn and as decomp-9: same scores, stable JSON schema."""
-    from click.testing import CliRunner
-
-    from vsrx.cli import main
-    from vsrx.models import EDVR, EDVRConfig, save_model
+    from vsrx.models import save_model
 
     root, _ = vid4_root
-    torch.manual_seed(0)
-    model = EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=2, num_extract_block=1, num_reconstruct_block=1, with_tsa=False))
-    weights = save_model(model, tmp_path / "tiny.safetensors")
+    weights = save_model(tiny_edvr("dcn", 9), tmp_path / "tiny.safetensors")
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(main, ["eval", "--dataset", "vid4", "--root", str(root), "--model", str(weights),
-                                       "--align", "dcn", "--align", "decomp", "--offsets", "9", "--json", str(out),
-                                       "--csv", str(tmp_path / "r.csv")])
+    result = cli("eval", "--dataset", "vid4", "--root", root, "--model", weights, "--align", "dcn", "--align", "decomp",
+                 "--offsets", "9", "--json", out, "--csv", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     assert "bicubic" in result.output and "tiny.safet" in result.output
     data = json.loads(out.read_text())
@@ -168,7 +163,7 @@ def test_eval_cli_runs_models_and_modes_into_one_table(vid4_root, tmp_path):
     dcn, decomp = data["rows"][1], data["rows"][2]
     assert (dcn["align"], decomp["align"], decomp["offsets"]) == ("dcn", "decomp", 9)
     for row in data["rows"]:
-        assert set(row["average"]) == set(METRICS) and "ms_per_frame" in row
+        assert set(row["average"]) == set(METRICS) and "ms_per_frame" in row and sorted(row["clips"]) == ["calendar", "city"]
         for clip in row["clips"].values():
             assert set(METRICS) <= set(clip) and clip["frames"]
     for clip in dcn["clips"]:
@@ -176,10 +171,6 @@ def test_eval_cli_runs_models_and_modes_into_one_table(vid4_root, tmp_path):
 
 
 def test_eval_cli_bad_root_is_one_line(tmp_path):
-    from click.testing import CliRunner
-
-    from vsrx.cli import main
-
-    result = CliRunner().invoke(main, ["eval", "--dataset", "vid4", "--root", str(tmp_path / "missing"), "--bicubic-only"])
+    result = cli("eval", "--dataset", "vid4", "--root", tmp_path / "missing", "--bicubic-only")
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "missing" in result.output

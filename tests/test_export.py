@@ -5,19 +5,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from clips import pattern
-from vsrx.cli import main
+from helpers import cli, tiny_edvr
 from vsrx.errors import UsageError
-from vsrx.models import EDVR, EDVRConfig, save_model
+from vsrx.models import save_model
 from vsrx.models.spynet import SpyNet
 
 
-def tiny(align, offsets, tsa, groups=2):
-    torch.manual_seed(0)
-    model = EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=1 if align == "flow" else groups, num_extract_block=1,
-                            num_reconstruct_block=1, with_tsa=tsa, align=align, offsets=offsets)).eval()
+def tiny(align, offsets, tsa):
+    model = tiny_edvr(align, offsets, with_tsa=tsa).eval()
     for aligner in model.aligners().values():  # offsets of a few pixels, not the zero init
         torch.nn.init.normal_(aligner.conv_offset.weight, std=0.05)
         torch.nn.init.normal_(aligner.conv_offset.bias, std=1.0)
@@ -63,13 +60,14 @@ def test_graph_matches_pytorch_at_another_size(tmp_path, align, offsets, tsa):
     assert np.abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_export_command_layouts_fp16_and_refusals(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     model = tiny("decomp", 3, False)
     weights = str(save_model(model, tmp_path / "m.safetensors"))
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(main, ["export", weights, str(out), "--layout", "bchw", "--fp16", "--opset", "18"])
+    result = cli("export", weights, out, "--layout", "bchw", "--fp16", "--opset", "18")
     assert result.exit_code == 0, result.output
     assert "decomp-3, T=3, layout bchw, opset 18, fp16" in result.output
     x = frames(1, 3, 20, 32)
@@ -78,13 +76,13 @@ def test_export_command_layouts_fp16_and_refusals(tmp_path):
     got = run_onnx(out, x.flatten(1, 2))  # (batch, 3T, H, W): the frames' RGB stacked on channels
     assert got.dtype == np.float32 and got.shape == (1, 3, 80, 128)
     assert np.abs(got - expected).max() < 5e-3  # fp16 inside, within a grey level of fp32
-    again = CliRunner().invoke(main, ["export", weights, str(out)])
+    again = cli("export", weights, out)
     assert again.exit_code == 2 and "exists; pass --overwrite" in again.output and "Traceback" not in again.output
     flow = str(save_model(SpyNet(), tmp_path / "flow.safetensors"))
-    refused = CliRunner().invoke(main, ["export", flow, str(tmp_path / "f.onnx")])
+    refused = cli("export", flow, tmp_path / "f.onnx")
     assert refused.exit_code == 2 and "only super-resolution (EDVR) models export" in refused.output
     assert not (tmp_path / "f.onnx").exists()
-    bad = CliRunner().invoke(main, ["export", weights, str(tmp_path / "o.onnx"), "--opset", "15"])
+    bad = cli("export", weights, tmp_path / "o.onnx", "--opset", "15")
     assert bad.exit_code == 2 and not (tmp_path / "o.onnx").exists()
 
 
@@ -94,7 +92,7 @@ def test_export_without_onnx_says_how_to_get_it(tmp_path, monkeypatch):
 
     with pytest.raises(UsageError, match=r'pip install "vsrx\[onnx\]"'):
         require_onnx()
-    result = CliRunner().invoke(main, ["export", "edvr-s", str(tmp_path / "m.onnx")])
+    result = cli("export", "edvr-s", tmp_path / "m.onnx")
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and 'pip install "vsrx[onnx]"' in result.output
     assert not (tmp_path / "m.onnx").exists()

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from safetensors.torch import load_file
 
 import vsrx
@@ -153,16 +154,11 @@ def test_patch_must_be_a_multiple_of_32(tmp_path: Path) -> None:
         train_flow(tiny(tmp_path, patch=48), log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_cli_task_flow_trains_spynet_and_rejects_sr_flags(tmp_path):
-    from click.testing import CliRunner
-
-    from vsrx.cli import main
-    from vsrx.models.spynet import SpyNet
-
-    runner = CliRunner()
-    result = runner.invoke(main, ["train", "--task", "flow", "--iters", "2", "--batch", "2", "--patch", "32",
-                                  "--val-every", "100", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    result = cli("train", "--task", "flow", "--iters", "2", "--batch", "2", "--patch", "32", "--val-every", "100",
+                 "--out", tmp_path / "run", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert isinstance(vsrx.load_model(tmp_path / "run" / "model.safetensors"), SpyNet)
-    result = runner.invoke(main, ["train", "--task", "flow", "--offset-fidelity", "1"])
+    result = cli("train", "--task", "flow", "--offset-fidelity", "1")
     assert result.exit_code == 2 and "does not use --offset-fidelity" in result.output

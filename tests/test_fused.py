@@ -8,19 +8,17 @@ reference. The CUDA tests run in-process and are skipped without a GPU.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, child_env
 
 from vsrx.models.align import Aligner
 from vsrx.models.config import Alignment
 from vsrx.ops.fused import available, fused_decomp, interpreting, pack_weight
 
-ROOT = Path(__file__).resolve().parents[1]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative to max |ref|
 
 # (name, B, C, G, N, H, W, O, dtype, masked, offset scale, special)
@@ -109,16 +107,15 @@ def interpreted(tmp_path_factory):
             args["block_p"] = 16  # several pixel tiles with a ragged last one (36 pixels)
         cases[name] = args
     torch.save(cases, tmp / "cases.pt")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp / "cases.pt"), str(tmp / "out.pt")],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          env=child_env(TRITON_INTERPRET="1"), cwd=ROOT, capture_output=True, text=True, timeout=300)
     if proc.returncode == 3:
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return torch.load(tmp / "out.pt"), refs, cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [case[0] for case in CASES])
 def test_interpreter_matches_float64_reference(interpreted, name):
     out, refs, cases = interpreted

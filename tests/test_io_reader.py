@@ -66,13 +66,15 @@ def test_odd_size_and_colour_tags(tmp_path: Path) -> None:
     source = open_source(make_clip(tmp_path / "o.mp4", size=(33, 19), color=BT709))
     assert (source.width, source.height, source.pix_fmt) == (33, 19, "yuv444p")
     assert source.color == BT709
-    assert all(f.rgb.shape == (19, 33, 3) and close_to_pattern(f, (33, 19)) for f in source)
+    frames = list(source)
+    assert len(frames) == 12 and all(f.rgb.shape == (19, 33, 3) and close_to_pattern(f, (33, 19)) for f in frames)
 
 
 def test_full_range_source_converts_with_its_range(tmp_path: Path) -> None:
     source = open_source(make_clip(tmp_path / "f.mp4", color={"color_range": 2, "colorspace": 1}))
     assert source.color == {"color_range": 2, "colorspace": 1}
-    assert all(close_to_pattern(f, (32, 24)) for f in source)
+    frames = list(source)
+    assert len(frames) == 12 and all(close_to_pattern(f, (32, 24)) for f in frames)
 
 
 def test_folder_natural_order(tmp_path: Path) -> None:
@@ -97,8 +99,9 @@ def test_folder_natural_order(tmp_path: Path) -> None:
 def test_folder_image_formats(tmp_path: Path, ext: str) -> None:
     folder = make_frame_folder(tmp_path / "f", frames=3, size=(32, 24), ext=ext)
     source = open_source(folder)
-    assert source.num_frames == 3
-    assert all(f.rgb.shape == (24, 32, 3) and close_to_pattern(f, (32, 24)) for f in source)
+    frames = list(source)
+    assert source.num_frames == len(frames) == 3
+    assert all(f.rgb.shape == (24, 32, 3) and close_to_pattern(f, (32, 24)) for f in frames)
 
 
 def test_natural_key() -> None:

@@ -104,7 +104,8 @@ def test_colour_tags_carried_over(tmp_path: Path) -> None:
     transcode(source, tmp_path / "out.mp4", scale=False)
     out = open_source(tmp_path / "out.mp4")
     assert out.color == BT709
-    assert all(np.abs(f.rgb.astype(int) - pattern(f.index, (32, 24))).mean() < 8 for f in out)
+    frames = list(out)
+    assert len(frames) == 6 and all(np.abs(f.rgb.astype(int) - pattern(f.index, (32, 24))).mean() < 8 for f in frames)
 
 
 def test_pixel_aspect_ratio_carried_over(tmp_path: Path) -> None:

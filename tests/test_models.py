@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import cli, tiny_edvr
 
 import vsrx
-from vsrx.cli import main
 from vsrx.errors import ModelError, UsageError
 from vsrx.models import EDVR, EDVRConfig, build_model, load_model, save_model
 from vsrx.models.align import Aligner, kernel_grid, record_offsets
@@ -16,10 +15,8 @@ from vsrx.models.config import Alignment
 from vsrx.models.weights import convert_checkpoint
 
 
-def tiny(align="dcn", offsets=9, groups=2, with_tsa=True, num_frame=3) -> EDVR:
-    torch.manual_seed(0)
-    return EDVR(EDVRConfig(num_feat=8, num_frame=num_frame, groups=groups, num_extract_block=1,
-                           num_reconstruct_block=1, with_tsa=with_tsa, align=align, offsets=offsets))
+def tiny(align="dcn", offsets=9, groups=None, with_tsa=True) -> EDVR:
+    return tiny_edvr(align, offsets, groups=groups, with_tsa=with_tsa)
 
 
 def scramble_offsets(model: torch.nn.Module, std: float) -> None:
@@ -268,7 +265,7 @@ def test_convert_basicsr_checkpoint(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_model(out)(x), model(x))
     # Through the CLI too.
-    result = CliRunner().invoke(main, ["convert", str(tmp_path / "EDVR_official.pth"), str(tmp_path / "cli.safetensors")])
+    result = cli("convert", tmp_path / "EDVR_official.pth", tmp_path / "cli.safetensors")
     assert result.exit_code == 0, result.output
     assert "dcn, 8 features, 5 frames, G=2" in result.output
 
@@ -286,18 +283,16 @@ def test_convert_rejects_mismatched_checkpoints(tmp_path):
     with pytest.raises(ModelError, match="not an EDVR checkpoint"):
         convert_checkpoint(tmp_path / "other.pth", tmp_path / "x.safetensors")
     torch.save({"params": {"w": torch.zeros(1)}, "opt": argparse.Namespace(lr=1)}, tmp_path / "pickled.pth")
-    runner = CliRunner()
-    result = runner.invoke(main, ["convert", str(tmp_path / "pickled.pth"), str(tmp_path / "x.safetensors")])
+    result = cli("convert", tmp_path / "pickled.pth", tmp_path / "x.safetensors")
     assert result.exit_code == 1
     assert "not a loadable tensor checkpoint" in result.output and "Traceback" not in result.output
 
 
 def test_cli_lists_commands_and_version():
-    runner = CliRunner()
-    result = runner.invoke(main, ["--help"])
+    result = cli("--help")
     for command in ("upscale", "train", "eval", "viz-offsets", "models", "convert"):
         assert command in result.output
-    assert vsrx.__version__ in runner.invoke(main, ["--version"]).output
+    assert vsrx.__version__ in cli("--version").output
 
 
 def test_channels_last_tail_gives_the_same_output():

@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+import pytest
+from helpers import child_env
 
 from vsrx.io.images import read_image, write_png
 from vsrx.models import build_model, save_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import contextlib, io, json, sys
@@ -42,6 +40,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_frame_folder_upscale_and_training_data_without_pyav(tmp_path):
     src = tmp_path / "frames"
     src.mkdir()
@@ -51,10 +50,8 @@ def test_frame_folder_upscale_and_training_data_without_pyav(tmp_path):
     model = save_model(build_model("edvr-s", "decomp", 3, num_frame=3), tmp_path / "m.safetensors")
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"not needed: the error comes first")
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(tmp_path / "out"), str(model), str(video)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["upscale"]["code"] == 0, out["upscale"]["stderr"]

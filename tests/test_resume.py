@@ -10,28 +10,12 @@ import time
 import av
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
 from clips import make_clip, make_frame_folder, make_undecodable
 from faults import fail_on_call
-from vsrx.cli import main
-from vsrx.models import EDVR, EDVRConfig, save_model
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    return EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=2, num_extract_block=1, num_reconstruct_block=1,
-                           with_tsa=False, align="decomp", offsets=3))
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return str(save_model(tiny(), tmp_path_factory.mktemp("m") / "tiny.safetensors"))
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from helpers import tiny_edvr
+from helpers import cli as run
+from vsrx.models import save_model
 
 
 def decoded(path):
@@ -59,6 +43,7 @@ SLOW = ("import sys, time; import vsrx.inference as i; run = i.Upscaler._run; "
         "from vsrx.cli import main; main(sys.argv[1:], prog_name='vsrx')")
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, model_path):
     src = make_clip(tmp_path / "in.mp4", frames=24, size=(32, 24), audio=True, vfr=True, cut_at=10)
     args = ["--model", model_path, "--segment-frames", "4", "--quiet"]
@@ -125,7 +110,7 @@ def test_resume_refuses_other_input_model_or_options_and_then_continues(tmp_path
     monkeypatch.undo()
     assert crashed.exit_code != 0 and "--resume" in crashed.output and not out.exists()
     kept = snapshot(job)
-    other = save_model(tiny(seed=1), tmp_path / "other.safetensors")
+    other = save_model(tiny_edvr(seed=1), tmp_path / "other.safetensors")
     cases = [(["--crf", "20"], "--crf was 18"), (["--scene-cuts", "off"], "--scene-cuts was auto"),
              (["--batch", "2"], "--batch was 1"), (["--frames"], "--frames was False"),
              (["--model", other], "model differs")]

@@ -6,25 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from clips import make_clip, make_frame_folder, pattern, second_shot
-from vsrx.cli import main
+from helpers import tiny_edvr
+from helpers import cli as run
 from vsrx.inference import Upscaler
 from vsrx.io.scenes import SceneCuts, cut_score, luma_histograms
 from vsrx.io.windows import PADDINGS, frame_indices
-from vsrx.models import EDVR, EDVRConfig, save_model
-
-
-def tiny_model(num_frame=3):
-    torch.manual_seed(0)
-    return EDVR(EDVRConfig(num_feat=8, num_frame=num_frame, groups=2, num_extract_block=1, num_reconstruct_block=1,
-                           with_tsa=False, align="decomp", offsets=3)).eval()
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return str(save_model(tiny_model(), tmp_path_factory.mktemp("m") / "tiny.safetensors"))
 
 
 def chw(rgb):
@@ -81,16 +69,12 @@ def test_upscaler_never_mixes_shots_and_finds_the_cut_while_streaming():
             decoded.append(i)
             yield chw(pattern(i, (16, 12)) if i < 9 else second_shot(i, (16, 12)))
 
-    up = Spy(tiny_model(num_frame=5), scene_threshold=0.25, batch=2)
+    up = Spy(tiny_edvr(num_frame=5).eval(), scene_threshold=0.25, batch=2)
     assert len(list(up.stream(frames(), 40))) == 40
     assert up.cuts == [9]
     assert all(all(i < 9 for i in w) or all(i >= 9 for i in w) for _, wins in seen for w in wins)
     # streaming: by the time the first windows ran, only a few frames had been decoded
     assert seen[0][0] <= 5 + 2
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def png_frames(folder):

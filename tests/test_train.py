@@ -1,7 +1,6 @@
 """Training: dataset layouts, patches, the offset-fidelity loss, exact resume, atomic checkpoints, DDP."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 from torchvision.io import write_png
 
 from clips import make_clip
-from vsrx.cli import main
+from helpers import child_env, cli
 from vsrx.errors import InputError
 from vsrx.evaluate.bicubic import downscale_x4_uint8
 from vsrx.models import load_model
@@ -175,12 +173,11 @@ def test_checkpoints_are_atomic_and_dcn_is_saved_in_dcn_layout(tmp_path):
 
 
 def test_cli_train_errors_are_one_line(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(main, ["train", "--dataset", "reds", "--root", str(tmp_path / "nope")])
+    result = cli("train", "--dataset", "reds", "--root", tmp_path / "nope")
     assert result.exit_code == 1 and "REDS layout expected" in result.output and "Traceback" not in result.output
-    result = runner.invoke(main, ["train", "--dataset", "videos"])
+    result = cli("train", "--dataset", "videos")
     assert result.exit_code == 2 and "--root is required" in result.output
-    result = runner.invoke(main, ["train", "--resume", str(tmp_path / "empty")])
+    result = cli("train", "--resume", tmp_path / "empty")
     assert result.exit_code == 1 and "no config.json" in result.output and "Traceback" not in result.output
 
 
@@ -191,14 +188,15 @@ def test_unreadable_image_names_the_file(tmp_path):
         load_clips("videos", tmp_path)  # frame folders are decoded when loaded
 
 
+@pytest.mark.slow
 def test_ddp_step_matches_single_process(tmp_path):
     """torchrun with 2 CPU processes (gloo), global batch 4 == one process with batch 4."""
     args = ["train", "--dataset", "synthetic", "--preset", "edvr-s", "--align", "decomp", "--offsets", "2", "--groups", "2",
             "--frames", "3", "--batch", "4", "--patch", "8", "--iters", "1", "--lr", "1e-3", "--seed", "5", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     single = subprocess.run([sys.executable, "-m", "vsrx", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                           "-m", "vsrx", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stderr
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
@@ -233,15 +231,14 @@ TINY_ARGS = ["--dataset", "synthetic", "--preset", "edvr-s", "--align", "decomp"
 
 def test_cli_resume_takes_the_recipe_from_the_run_directory(tmp_path):
     """`--resume DIR` alone continues a run exactly (EMA included); recipe flags are refused with it."""
-    runner = CliRunner()
-    straight = runner.invoke(main, ["train", *TINY_ARGS, "--iters", "3", "--out", str(tmp_path / "a")])
+    straight = cli("train", *TINY_ARGS, "--iters", "3", "--out", tmp_path / "a")
     assert straight.exit_code == 0, straight.output
-    first = runner.invoke(main, ["train", *TINY_ARGS, "--iters", "3", "--time-limit", "1e-9", "--out", str(tmp_path / "b")])
+    first = cli("train", *TINY_ARGS, "--iters", "3", "--time-limit", "1e-9", "--out", tmp_path / "b")
     assert first.exit_code == 0, first.output
     assert [p.name for p in checkpoints(tmp_path / "b")] == ["step_00000001"]  # stopped by the clock after step 1
-    refused = runner.invoke(main, ["train", "--resume", str(tmp_path / "b"), "--lr", "1"])
+    refused = cli("train", "--resume", tmp_path / "b", "--lr", "1")
     assert refused.exit_code == 2 and "--lr cannot change" in refused.output
-    resumed = runner.invoke(main, ["train", "--resume", str(tmp_path / "b"), "--save-every", "5"])
+    resumed = cli("train", "--resume", tmp_path / "b", "--save-every", "5")
     assert resumed.exit_code == 0, resumed.output
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     for k in a:

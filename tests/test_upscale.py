@@ -1,31 +1,16 @@
 """`vsrx upscale` end to end on small generated clips: sizes, counts, timestamps, audio, safety, errors."""
 
 import json
-import os
 import subprocess
 import sys
 
 import av
 import pytest
-import torch
-from click.testing import CliRunner
 
 from clips import deep_pattern, make_clip, make_frame_folder, truncate, write_png16
 from faults import fail_on_call
-from vsrx.cli import main
-from vsrx.models import EDVR, EDVRConfig, save_model
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=2, num_extract_block=1, num_reconstruct_block=1,
-                            with_tsa=False, align="decomp", offsets=3))
-    return str(save_model(model, tmp_path_factory.mktemp("m") / "tiny.safetensors"))
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from helpers import child_env
+from helpers import cli as run
 
 
 def video_info(path):
@@ -93,7 +78,7 @@ def test_failure_mid_way_leaves_nothing_at_the_target(tmp_path, model_path, monk
     src = make_clip(tmp_path / "in.mp4", frames=8, size=(16, 16))
     for out in (tmp_path / "out.mp4", tmp_path / "frames_out"):
         fail_on_call(monkeypatch, Upscaler, "_run", at=3, exc=exc)
-        result = CliRunner().invoke(main, ["upscale", str(src), str(out), "--model", model_path])
+        result = run("upscale", src, out, "--model", model_path)
         monkeypatch.undo()
         assert result.exit_code != 0
         assert not out.exists()
@@ -132,6 +117,7 @@ def test_truncated_video_upscales_what_decodes(tmp_path, model_path):
     assert video_info(tmp_path / "out.mkv")["count"] == summary["frames"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deep", [False, True], ids=["8bit", "16bit"])
 def test_torchrun_two_processes_match_single(tmp_path, model_path, monkeypatch, deep):
     """Ranks share out the segments; the output equals one process's exactly (features are computed
@@ -143,7 +129,7 @@ def test_torchrun_two_processes_match_single(tmp_path, model_path, monkeypatch, 
             write_png16(src / f"frame{i + 1}.png", deep_pattern(i, (20, 12), gray=False))
     else:
         src = make_frame_folder(tmp_path / "frames", frames=7, size=(20, 12))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     args = ["upscale", str(src), "--model", model_path, "--quiet", "--segment-frames", "2", "--resume"]
     one = subprocess.run([sys.executable, "-m", "vsrx", *args[:2], str(tmp_path / "one"), *args[2:]], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
@@ -151,10 +137,10 @@ def test_torchrun_two_processes_match_single(tmp_path, model_path, monkeypatch, 
         from vsrx.inference import Upscaler
 
         fail_on_call(monkeypatch, Upscaler, "_run", at=4)
-        assert CliRunner().invoke(main, [*args[:2], str(tmp_path / "two"), *args[2:]]).exit_code != 0
+        assert run(*args[:2], tmp_path / "two", *args[2:]).exit_code != 0
         monkeypatch.undo()
         assert len(list((tmp_path / ".two.vsrx-job" / "frames").iterdir())) == 3
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(29518 + deep),
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                           "-m", "vsrx", *args[:2], str(tmp_path / "two"), *args[2:]], env=env, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr
     a, b = sorted((tmp_path / "one").iterdir()), sorted((tmp_path / "two").iterdir())

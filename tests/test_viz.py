@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import cli, tiny_edvr
 from torchvision.io import decode_png, read_file, write_png
 
-from vsrx.cli import main
 from vsrx.models import save_model
-from vsrx.models.edvr import EDVR, EDVRConfig
+from vsrx.models.edvr import EDVR
 from vsrx.models.spynet import SpyNet
 from vsrx.ops.warp import flow_warp
 from vsrx.viz.capture import LEVEL_SCALE, LEVELS, capture_window, offsets_px, warped_per_offset
@@ -27,15 +26,9 @@ H, W = 30, 42  # not multiples of 4: the model pads, the report crops back
 FRAMES = 5
 
 
-def tiny(align: str = "flow", groups: int = 1, offsets: int = 1, with_tsa: bool = False) -> EDVR:
-    torch.manual_seed(0)
-    return EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=groups, offsets=offsets, align=align,
-                           num_extract_block=1, num_reconstruct_block=1, with_tsa=with_tsa))
-
-
 def translating_model(d: tuple[float, float] = D) -> EDVR:
     """A flow-mode EDVR whose every aligner samples the neighbour at p + d (in input pixels)."""
-    model = tiny()
+    model = tiny_edvr("flow", 1)
     for level, name in (("l3", "dcn_pack.l3"), ("l2", "dcn_pack.l2"), ("l1", "dcn_pack.l1"), ("cascade", "cas_dcnpack")):
         conv = model.pcd_align.get_submodule(name).conv_offset
         with torch.no_grad():
@@ -63,7 +56,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     spynet = SpyNet()
     for p in spynet.parameters():
         torch.nn.init.zeros_(p)  # a SPyNet that sees no motion anywhere: flow exactly 0
-    decomp = tiny("decomp", groups=2, offsets=3, with_tsa=True)
+    decomp = tiny_edvr("decomp", 3, with_tsa=True)
     for a in decomp.aligners().values():
         torch.nn.init.normal_(a.conv_offset.weight, std=0.05)
     return {
@@ -75,7 +68,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def run(*args):
-    return CliRunner().invoke(main, ["viz-offsets", *map(str, args)])
+    return cli("viz-offsets", *args)
 
 
 def test_offsets_match_known_translation(tmp_path):

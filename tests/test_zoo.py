@@ -4,25 +4,17 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from click.testing import CliRunner
+from helpers import cli, tiny_edvr
 
-from vsrx.cli import main
 from vsrx.errors import ModelError
-from vsrx.models import EDVR, EDVRConfig, load_model, save_model, zoo
-
-
-def tiny(align, offsets, groups=2):
-    torch.manual_seed(0)
-    return EDVR(EDVRConfig(num_feat=8, num_frame=3, groups=groups, num_extract_block=1, num_reconstruct_block=1,
-                           with_tsa=False, align=align, offsets=offsets))
+from vsrx.models import load_model, save_model, zoo
 
 
 @pytest.fixture
 def fake_zoo(tmp_path, monkeypatch):
     models = {}
     for name, align, offsets, groups in (("t-decomp5", "decomp", 5, 2), ("t-dcn", "dcn", 9, 2), ("t-flow", "flow", 1, 1)):
-        path = save_model(tiny(align, offsets, groups), tmp_path / f"{name}.safetensors")
+        path = save_model(tiny_edvr(align, offsets, groups=groups), tmp_path / f"{name}.safetensors")
         models[name] = {"file": path.name, "sha256": zoo.sha256(path), "family": "tiny", "arch": "edvr", "align": align,
                         "offsets": offsets, "groups": groups, "frames": 3, "params": 1,
                         "metrics": {"vimeo90k_00002": {"psnr_y": 31.5, "bicubic_psnr_y": 30.0}}}
@@ -59,10 +51,10 @@ def test_corrupt_and_missing_files_are_refused(fake_zoo):
 
 def test_models_command_table_and_json(fake_zoo):
     (fake_zoo / "t-flow.safetensors").unlink()
-    result = CliRunner().invoke(main, ["models"])
+    result = cli("models")
     assert result.exit_code == 0, result.output
     assert "t-decomp5 (default)" in result.output and "+1.50 dB" in result.output and "MISSING" in result.output
-    data = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
+    data = json.loads(cli("models", "--json").output)
     assert data["default"] == "t-decomp5" and data["models"]["t-flow"]["present"] is False
     assert data["models"]["t-dcn"]["present"] is True
 
@@ -71,11 +63,11 @@ def test_upscale_uses_the_default_model(fake_zoo, tmp_path):
     from clips import make_frame_folder
 
     src = make_frame_folder(tmp_path / "in", frames=3, size=(12, 8))
-    result = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "out"), "--json"])
+    result = cli("upscale", src, tmp_path / "out", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["model"] == "t-decomp5" and summary["mode"] == "decomp-5" and summary["frames"] == 3
-    result = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "out2"), "--align", "flow", "--json"])
+    result = cli("upscale", src, tmp_path / "out2", "--align", "flow", "--json")
     assert json.loads(result.output)["mode"] == "flow"
 
 
