@@ -32,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
+from vsrx.device import pick_device
 from vsrx.errors import InputError, UsageError
-from vsrx.models import save_model
 from vsrx.io.atomic import atomic_write, remove_path, replace_path
+from vsrx.models import save_model
 from vsrx.models.weights import load_state
 
 # Settings that `vsrx train --resume DIR` accepts next to the saved config: how long and how
@@ -86,10 +87,7 @@ class Run:
     def __init__(self, device: str) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = pick_device(device)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
