@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from vsrx.errors import InputError, ModelError, UsageError
 from vsrx.evaluate.datasets import Clip
 from vsrx.models import load_model
+from vsrx.models.hooks import record_forward
 from vsrx.models.spynet import SpyNet
 from vsrx.train.data import flip_transpose, load_clips
 from vsrx.train.loop import LoopConfig, Run, fit
@@ -224,20 +225,10 @@ def evaluate_epe(model: nn.Module, pairs: Sequence[FlowPair] | Iterable[tuple[Te
     return epe_stats(model, [FlowPair(*p) for p in pairs])["epe"]
 
 
-@contextlib.contextmanager
-def record_levels(model: SpyNet) -> Iterator[list[Tensor]]:
+def record_levels(model: SpyNet) -> contextlib.AbstractContextManager[list[Tensor]]:
     """While active, each forward of ``model`` appends its six level flows (coarse to fine, (x, y) order)."""
-    levels: list[Tensor] = []
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        levels.append(inputs[0][:, 6:8] + output)  # the module's input ends with the upsampled flow
-
-    handles = [m.register_forward_hook(hook) for m in model.basic_module]
-    try:
-        yield levels
-    finally:
-        for handle in handles:
-            handle.remove()
+    # the module's input ends with the upsampled flow, so input + residual is the level's flow
+    return record_forward(model.basic_module, lambda module, inputs, output: inputs[0][:, 6:8] + output)
 
 
 def end_point_error(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
