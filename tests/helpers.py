@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_edvr(align: str = "decomp", offsets: int = 3, *, groups: int | None = None, num_frame: int = 3,
-              with_tsa: bool = False, seed: int = 0) -> EDVR:
+              with_tsa: bool = False, flow_guided: bool = False, seed: int = 0) -> EDVR:
     """An 8-feature EDVR with one extraction and one reconstruction block, initialised from `seed`.
     `groups` defaults to 2 (1 for flow alignment, which has one group)."""
     torch.manual_seed(seed)
     groups = (1 if align == "flow" else 2) if groups is None else groups
     return EDVR(EDVRConfig(num_feat=8, num_frame=num_frame, groups=groups, num_extract_block=1, num_reconstruct_block=1,
-                           with_tsa=with_tsa, align=align, offsets=offsets))
+                           with_tsa=with_tsa, align=align, offsets=offsets, flow_guided=flow_guided))
 
 
 def cli(*args: object) -> Result:

@@ -13,8 +13,8 @@ from vsrx.models import save_model
 from vsrx.models.spynet import SpyNet
 
 
-def tiny(align, offsets, tsa):
-    model = tiny_edvr(align, offsets, with_tsa=tsa).eval()
+def tiny(align, offsets, tsa, flow_guided=False):
+    model = tiny_edvr(align, offsets, with_tsa=tsa, flow_guided=flow_guided).eval()
     for aligner in model.aligners().values():  # offsets of a few pixels, not the zero init
         torch.nn.init.normal_(aligner.conv_offset.weight, std=0.05)
         torch.nn.init.normal_(aligner.conv_offset.bias, std=1.0)
@@ -36,13 +36,14 @@ def run_onnx(path, x):
 
 
 @pytest.mark.parametrize("tsa", [False, True], ids=["fusion", "tsa"])
-@pytest.mark.parametrize("align,offsets", [("decomp", 5), ("flow", 1), ("dcn", 9)], ids=["decomp5", "flow", "dcn"])
-def test_graph_matches_pytorch_at_another_size(tmp_path, align, offsets, tsa):
+@pytest.mark.parametrize("align,offsets,flow_guided", [("decomp", 5, False), ("flow", 1, False), ("dcn", 9, False), ("decomp", 5, True)],
+                         ids=["decomp5", "flow", "dcn", "decomp5-flow-guided"])
+def test_graph_matches_pytorch_at_another_size(tmp_path, align, offsets, flow_guided, tsa):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from vsrx.export import export_onnx
 
-    model = tiny(align, offsets, tsa)
+    model = tiny(align, offsets, tsa, flow_guided)
     result = export_onnx(model, tmp_path / "m.onnx", size=(16, 24))
     assert result.mode == ("decomp-9" if align == "dcn" else model.config.mode_name)
     # Standard operators only: no custom domain, no DeformConv; the aligners are GridSample plus a 1x1 Conv.

@@ -9,8 +9,8 @@ from vsrx.inference import upscale_stream
 from vsrx.io.windows import frame_indices
 
 
-def small_model(num_frame=5):
-    return tiny_edvr("decomp", 5, num_frame=num_frame, with_tsa=True).eval()
+def small_model(num_frame=5, flow_guided=False):
+    return tiny_edvr("decomp", 5, num_frame=num_frame, with_tsa=True, flow_guided=flow_guided).eval()
 
 
 def naive(model, frames, padding):
@@ -29,8 +29,9 @@ def naive(model, frames, padding):
 
 @pytest.mark.parametrize("padding", ["reflection_circle", "replicate", "circle"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_cached_stream_equals_per_window(padding, batch):
-    model = small_model()
+@pytest.mark.parametrize("flow_guided", [False, True])
+def test_cached_stream_equals_per_window(padding, batch, flow_guided):
+    model = small_model(flow_guided=flow_guided)
     torch.manual_seed(1)
     frames = [torch.randint(0, 256, (3, 10, 13), dtype=torch.uint8) for _ in range(9)]
     expected = naive(model, frames, padding)
@@ -53,8 +54,9 @@ def test_short_clip_and_single_frame():
 
 
 @pytest.mark.slow
-def test_tiled_equals_untiled():
-    model = small_model(num_frame=3)
+@pytest.mark.parametrize("flow_guided", [False, True])
+def test_tiled_equals_untiled(flow_guided):
+    model = small_model(num_frame=3, flow_guided=flow_guided)
     torch.manual_seed(2)
     frames = [torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8) for _ in range(4)]
     full = list(upscale_stream(model, iter(frames), 4))

@@ -88,3 +88,19 @@ def test_input_errors(net: SpyNet) -> None:
         net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 64))
     with pytest.raises(InputError):
         net(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+
+
+def test_min_size_skips_the_levels_with_a_shorter_side() -> None:
+    # 40x48 is padded to 64x64: with min_size 32 only the 32x32 and 64x64 levels run, the first from zero flow.
+    model = zeroed()
+    model.min_size = 32
+    with torch.no_grad():
+        model.basic_module[0].basic_module[8].bias.copy_(torch.tensor([5.0, 5.0]))  # skipped
+        model.basic_module[4].basic_module[8].bias.copy_(torch.tensor([0.25, -0.5]))
+        ref, supp = torch.rand(2, 1, 3, 40, 48).unbind(0)
+        flow = model(ref, supp)
+        model.min_size = 128  # larger than every level: the finest still runs
+        finest_only = model(ref, supp)
+    torch.testing.assert_close(flow[0, 0], torch.full((40, 48), 0.5 * 48 / 64))
+    torch.testing.assert_close(flow[0, 1], torch.full((40, 48), -1.0 * 40 / 64))
+    assert torch.count_nonzero(finest_only) == 0

@@ -251,6 +251,11 @@ class Upscaler:
     def _run(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict) -> Tensor:
         h, w = next(iter(raw.values())).shape[-2:]
         tiles = make_tiles(h, w, self.tile, self.tile_overlap)
+        flows = None
+        if self.model.config.flow_guided:
+            # On whole frames, so that tiles see the motion their crops would miss; each (centre, neighbour)
+            # pair belongs to one window only, so there is nothing to cache.
+            flows = self.model.window_flows(torch.stack([torch.stack([raw[i] for i in win]) for win in wins]))
         out = None
         for t, tile in enumerate(tiles):
             top, left, bottom, right = tile.context
@@ -262,7 +267,7 @@ class Upscaler:
             pyramid = tuple(torch.stack([torch.stack([pyramids[(i, t)][lv] for i in win]) for win in wins]) for lv in range(parts))
             c = self.model.config.center
             centre = torch.stack([raw[win[c]][:, top:bottom, left:right] for win in wins])
-            sr = self.model.reconstruct_window(pyramid, centre)
+            sr = self.model.reconstruct_window(pyramid, centre, None if flows is None else flows[..., top:bottom, left:right])
             if len(tiles) == 1:
                 return sr
             if out is None:

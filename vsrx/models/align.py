@@ -68,13 +68,29 @@ def in_float32(implementation: Implementation) -> Implementation:
     return sampled_in_float32
 
 
+class FlowGuide(nn.Module):
+    """conv_offset's output with a flow added to each of its (dy, dx) offset pairs (masks unchanged);
+    without a flow, the output itself. No parameters: it is where `record_offsets` reads the offsets."""
+
+    def __init__(self, offset_channels: int) -> None:
+        super().__init__()
+        self.offset_channels = offset_channels
+
+    def forward(self, out: Tensor, flow: Tensor | None) -> Tensor:
+        if flow is None:
+            return out
+        k = self.offset_channels
+        guided = out[:, :k] + flow.to(out.dtype).repeat(1, k // 2, 1, 1)
+        return torch.cat([guided, out[:, k:]], dim=1) if out.shape[1] > k else guided
+
+
 class Aligner(nn.Module):
     """Deformable alignment of neighbour features by offsets predicted from ``offset_feat``.
 
     ``forward(x, offset_feat)``: x (B, in_ch, H, W) are the features to align, offset_feat
     (B, offset_ch, H, W) the features the offsets are predicted from; returns (B, out_ch, H, W).
-    The offsets and masks of a call are what ``conv_offset`` returns, read as `displacements`;
-    `record_offsets` collects them while it is active.
+    The offsets and masks of a call are what ``conv_offset`` returns (plus the flow of a flow-guided
+    call), read as `displacements`; `record_offsets` collects them while it is active.
     """
 
     def __init__(self, in_ch: int, out_ch: int, offset_ch: int, alignment: Alignment) -> None:
@@ -89,6 +105,7 @@ class Aligner(nn.Module):
         shape = (out_ch, in_ch, 3, 3) if self.mode == "dcn" else (out_ch, in_ch * self.offsets, 1, 1)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.guide = FlowGuide(2 * self.groups * self.offsets)
         self.register_buffer(
             "grid", torch.tensor(kernel_grid(self.offsets), dtype=torch.float32).view(1, 1, self.offsets, 2, 1, 1),
             persistent=False,
@@ -106,8 +123,9 @@ class Aligner(nn.Module):
     def extra_repr(self) -> str:
         return f"mode={self.mode}, groups={self.groups}, offsets={self.offsets}"
 
-    def forward(self, x: Tensor, offset_feat: Tensor) -> Tensor:
-        offset, mask = self.split(self.conv_offset(offset_feat))
+    def forward(self, x: Tensor, offset_feat: Tensor, flow: Tensor | None = None) -> Tensor:
+        """With ``flow`` (B, 2, H, W) in (dy, dx) pixels, every offset is that flow plus its learned residual."""
+        offset, mask = self.split(self.guide(self.conv_offset(offset_feat), flow))
         return self.implementation(x)(x, offset, mask)
 
     def split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -178,7 +196,7 @@ def record_offsets(aligners: Mapping[str, Aligner],
         return read
 
     with contextlib.ExitStack() as stack:
-        yield {name: stack.enter_context(record_forward([a.conv_offset], reader(a))) for name, a in aligners.items()}
+        yield {name: stack.enter_context(record_forward([a.guide], reader(a))) for name, a in aligners.items()}
 
 
 def dcn_to_decomp(weight: Tensor) -> Tensor:

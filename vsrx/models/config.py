@@ -91,6 +91,7 @@ class EDVRConfig:
     offsets: int = 9
     center_frame_idx: int | None = None
     hr_feat: int = 64  # width of the x4 tail (upconv2 output / 4, conv_hr); BasicSR fixes it at 64
+    flow_guided: bool = False  # offsets = SPyNet flow (centre -> neighbour) + the learned residual; the model carries its SPyNet
 
     def __post_init__(self) -> None:
         self.alignment.check_channels(self.num_feat)
@@ -108,8 +109,8 @@ class EDVRConfig:
 
     @property
     def mode_name(self) -> str:
-        """'dcn', 'flow' or 'decomp-N' (the alignment's name)."""
-        return self.alignment.name
+        """'dcn', 'flow' or 'decomp-N' (the alignment's name), '+flow-guided' where the offsets start from SPyNet's flow."""
+        return self.alignment.name + ("+flow-guided" if self.flow_guided else "")
 
     def with_alignment(self, alignment: Alignment) -> EDVRConfig:
         """The same architecture with another alignment mode and N (G unchanged unless given)."""

@@ -2,7 +2,10 @@
 
 Feature extraction -> PCD alignment (pyramid, cascading) -> fusion (TSA or a 1x1 conv) ->
 reconstruction -> two pixel-shuffle x2 stages, plus the bilinearly upsampled centre frame.
-Every aligner in PCD is an `Aligner` of the chosen mode (dcn, decomp-N or flow).
+Every aligner in PCD is an `Aligner` of the chosen mode (dcn, decomp-N or flow). A flow-guided
+model (``config.flow_guided``) carries a SPyNet: each aligner's offsets are then the optical flow
+from the centre frame to the neighbour (at that level's scale) plus the learned residual, so the
+alignment follows the motion from the first step instead of having to learn offsets of many pixels.
 
 The model is split in two so callers can cache per-frame work: ``extract`` computes a frame's
 feature pyramid (independent of the window), ``reconstruct_window`` aligns, fuses and
@@ -18,6 +21,8 @@ from torch import Tensor, nn
 from vsrx.errors import ModelError
 from vsrx.models.align import Aligner
 from vsrx.models.config import PRESETS, Alignment, EDVRConfig
+from vsrx.models.spynet import FRAME_MIN_SIZE, SpyNet
+from vsrx.ops.warp import flow_warp
 
 __all__ = ["EDVR", "PRESETS", "EDVRConfig", "PCDAlignment", "TSAFusion"]
 
@@ -88,27 +93,35 @@ class PCDAlignment(nn.Module):
         terms = tuple(self.half_conv(self.offset_conv1[f"l{i}"], ref[i - 1], True) for i in (1, 2, 3))
         return (*terms, self.half_conv(self.cas_offset_conv1, ref[0], True))
 
-    def forward(self, nbr: Pyramid, ref: Pyramid | None, terms: tuple[Pyramid, tuple[Tensor, ...]] | None = None) -> Tensor:
+    def forward(self, nbr: Pyramid, ref: Pyramid | None, terms: tuple[Pyramid, tuple[Tensor, ...]] | None = None,
+                flow: Tensor | None = None) -> Tensor:
         """Aligned l1 features of nbr (l1, l2, l3) to ref (the same batch shape).
 
         With ``terms`` = (neighbour_terms of nbr, reference_terms of the B reference frames), the
         first offset convolutions are assembled from those shares instead (nbr's batch is B*T,
         the references' B) and ``ref`` is not needed: the same function with less work.
+        With ``flow`` (nbr's batch, 2, H, W; (dy, dx) at l1), every aligner's offsets are that flow,
+        box-averaged to its level and scaled with it, plus their learned residual, which is predicted
+        from the neighbour warped by that flow (so no per-frame terms: the warp depends on the window).
         """
+        if terms is not None and flow is not None:
+            raise ModelError("flow-guided alignment predicts its offsets from warped neighbours: it takes no per-frame terms")
         up_offset = up_feat = None
+        flows = (flow, *(None if flow is None else F.avg_pool2d(flow, k) / k for k in (2, 4)))
         for i in (3, 2, 1):
             level = f"l{i}"
-            if terms is None:
-                offset = self.offset_conv1[level](torch.cat([nbr[i - 1], ref[i - 1]], dim=1))
-            else:
+            if terms is not None:
                 offset = self._plus_reference(terms[0][i - 1], terms[1][i - 1])
+            else:
+                moved = nbr[i - 1] if flow is None else flow_warp(nbr[i - 1], flows[i - 1])
+                offset = self.offset_conv1[level](torch.cat([moved, ref[i - 1]], dim=1))
             offset = lrelu(offset)
             if i == 3:
                 offset = lrelu(self.offset_conv2[level](offset))
             else:
                 offset = lrelu(self.offset_conv2[level](torch.cat([offset, up_offset], dim=1)))
                 offset = lrelu(self.offset_conv3[level](offset))
-            feat = self.dcn_pack[level](nbr[i - 1], offset)
+            feat = self.dcn_pack[level](nbr[i - 1], offset, flows[i - 1])
             if i < 3:
                 feat = self.feat_conv[level](torch.cat([feat, up_feat], dim=1))
             if i > 1:
@@ -120,7 +133,7 @@ class PCDAlignment(nn.Module):
         else:
             offset = self._plus_reference(self.half_conv(self.cas_offset_conv1, feat, False), terms[1][3])
         offset = lrelu(self.cas_offset_conv2(lrelu(offset)))
-        return lrelu(self.cas_dcnpack(feat, offset))
+        return lrelu(self.cas_dcnpack(feat, offset, flow))
 
     @staticmethod
     def _plus_reference(x: Tensor, ref: Tensor) -> Tensor:
@@ -199,6 +212,8 @@ class EDVR(nn.Module):
         self.upconv2 = nn.Conv2d(nf, hf * 4, 3, 1, 1)
         self.conv_hr = nn.Conv2d(hf, hf, 3, 1, 1)
         self.conv_last = nn.Conv2d(hf, 3, 3, 1, 1)
+        if config.flow_guided:  # fixed: it is trained on its own (`vsrx train --task flow`), not with the model
+            self.spynet = SpyNet(FRAME_MIN_SIZE).requires_grad_(False)
 
     def aligners(self) -> dict[str, Aligner]:
         """The model's aligners by qualified name (pcd_align.dcn_pack.l3 ... pcd_align.cas_dcnpack)."""
@@ -218,25 +233,45 @@ class EDVR(nn.Module):
 
     def extract(self, frames: Tensor, with_terms: bool = False) -> tuple[Tensor, ...]:
         """Per-frame features of independent frames (N, 3, H, W): the pyramid (l1, l2, l3), and with
-        ``with_terms`` also each frame's share of PCD's first offset convolutions. Cacheable per frame."""
+        ``with_terms`` also each frame's share of PCD's first offset convolutions (not for a flow-guided
+        model, whose offsets are predicted from warped neighbours). Cacheable per frame."""
         l1 = self.feature_extraction(lrelu(self.conv_first(frames)))
         l2 = lrelu(self.conv_l2_2(lrelu(self.conv_l2_1(l1))))
         l3 = lrelu(self.conv_l3_2(lrelu(self.conv_l3_1(l2))))
-        return (l1, l2, l3, *self.pcd_align.neighbour_terms((l1, l2, l3))) if with_terms else (l1, l2, l3)
+        if with_terms and not self.config.flow_guided:
+            return (l1, l2, l3, *self.pcd_align.neighbour_terms((l1, l2, l3)))
+        return l1, l2, l3
 
-    def reconstruct_window(self, features: tuple[Tensor, ...], center_frame: Tensor) -> Tensor:
+    def window_flows(self, window: Tensor) -> Tensor:
+        """The flow from each window's centre frame to each of its frames, (B*T, 2, H, W) in (dy, dx)
+        pixels, for a flow-guided model's `reconstruct_window`; window is (B, T, 3, H, W). The centre's
+        flow to itself is zero; SPyNet runs without gradients (it is not trained with the model)."""
+        b, t = window.shape[:2]
+        c = self.config.center
+        others = [k for k in range(t) if k != c]
+        with torch.no_grad():
+            ref = window[:, c : c + 1].expand(b, t - 1, *window.shape[2:]).flatten(0, 1)
+            moved = self.spynet.flow_dy_dx(ref, window[:, others].flatten(0, 1)).view(b, t - 1, 2, *window.shape[-2:])
+        flows = moved.new_zeros(b, t, 2, *window.shape[-2:])
+        flows[:, others] = moved
+        return flows.flatten(0, 1)
+
+    def reconstruct_window(self, features: tuple[Tensor, ...], center_frame: Tensor, flows: Tensor | None = None) -> Tensor:
         """Align, fuse and upsample one window of per-frame features (each (B, T, C, h, w), as `extract`
-        gives them, with or without terms) and its centre frame (B, 3, H, W)."""
+        gives them, with or without terms) and its centre frame (B, 3, H, W). A flow-guided model also
+        needs the window's `window_flows`."""
+        if self.config.flow_guided and flows is None:
+            raise ModelError("a flow-guided model needs the window's flows (EDVR.window_flows)")
         b, t = features[0].shape[:2]
         c = self.config.center
         # All T frames (the centre too) are aligned to the centre in one batched PCD call.
         nbr = tuple(level.flatten(0, 1) for level in features[:3])
         if len(features) == 6:
             ref_terms = self.pcd_align.reference_terms(tuple(level[:, c] for level in features[:3]))
-            aligned = self.pcd_align(nbr, None, (tuple(x.flatten(0, 1) for x in features[3:]), ref_terms))
+            aligned = self.pcd_align(nbr, None, (tuple(x.flatten(0, 1) for x in features[3:]), ref_terms), flows)
         else:
             ref = tuple(level[:, c : c + 1].expand_as(level).flatten(0, 1) for level in features)
-            aligned = self.pcd_align(nbr, ref)
+            aligned = self.pcd_align(nbr, ref, flow=flows)
         aligned = aligned.view(b, t, *aligned.shape[1:])
         feat = self.fusion(aligned if self.config.with_tsa else aligned.flatten(1, 2))
         if self.upconv1.weight.is_contiguous(memory_format=torch.channels_last):  # see channels_last_tail
@@ -255,4 +290,5 @@ class EDVR(nn.Module):
         if h % 4 or w % 4:
             raise ModelError(f"frame size {w}x{h} is not a multiple of 4 (pad the input first)")
         pyramid = tuple(level.view(b, t, *level.shape[1:]) for level in self.extract(x.flatten(0, 1)))
-        return self.reconstruct_window(pyramid, x[:, self.config.center])
+        flows = self.window_flows(x) if self.config.flow_guided else None
+        return self.reconstruct_window(pyramid, x[:, self.config.center], flows)

@@ -21,6 +21,12 @@ from vsrx.errors import InputError
 from vsrx.ops.warp import flow_warp
 
 NUM_LEVELS = 6
+FRAME_MIN_SIZE = 32
+"""The ``min_size`` for flow on whole video frames: levels whose short side is under 32 pixels are
+skipped. Measured on x4-bicubic LR frames (212x120) of the DAVIS training clips with the bundled
+weights, the mean |ref - warp(neighbour)| for neighbours 1..3 frames away is 18.8/20.9/23.0 grey
+levels with all six levels (worse than no flow at all: 17.3/21.9/24.8; the coarsest levels, a few
+pixels wide, diverge on large smooth regions) and 10.0/13.1/15.2 starting at 32x56 (BENCHMARKS.md)."""
 _CHANNELS = (8, 32, 64, 32, 16, 2)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,8 +54,9 @@ class SpyNet(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, min_size: int = 0) -> None:
         super().__init__()
+        self.min_size = min_size  # pyramid levels with a shorter side are skipped (zero flow there); 0: all (BasicSR)
         self.basic_module = nn.ModuleList(BasicModule() for _ in range(NUM_LEVELS))
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -60,10 +67,13 @@ class SpyNet(nn.Module):
         for _ in range(NUM_LEVELS - 1):
             refs.append(F.avg_pool2d(refs[-1], kernel_size=2, stride=2))
             supps.append(F.avg_pool2d(supps[-1], kernel_size=2, stride=2))
-        coarsest = refs[-1]
-        flow = coarsest.new_zeros(coarsest.shape[0], 2, coarsest.shape[2], coarsest.shape[3])
+        flow = None
         for level, (ref_l, supp_l) in enumerate(zip(reversed(refs), reversed(supps))):
-            if level:
+            if flow is None:
+                if min(ref_l.shape[-2:]) < self.min_size and level < NUM_LEVELS - 1:
+                    continue
+                flow = ref_l.new_zeros(ref_l.shape[0], 2, *ref_l.shape[-2:])
+            else:
                 flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True)
             warped = flow_warp(supp_l, flow.flip(1), padding_mode="border")
             flow = flow + self.basic_module[level](torch.cat((ref_l, warped, flow), dim=1))

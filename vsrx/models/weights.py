@@ -28,23 +28,20 @@ def build_model(
     groups: int | None = None,
     num_frame: int = 7,
     with_tsa: bool | None = None,
+    flow_guided: bool = False,
 ) -> EDVR:
     """A freshly initialised EDVR of a preset (edvr-s, edvr-m, edvr-l) and alignment mode.
 
-    offsets defaults to 9 for dcn and decomp, 1 for flow; groups to the preset's (1 for flow);
-    with_tsa to the preset's (True for edvr-m and edvr-l, False for edvr-s).
+    offsets and groups default as `Alignment.of` fills them (G = N = 1 for flow), else G is the
+    preset's; with_tsa defaults to the preset's (True for edvr-m and edvr-l, False for edvr-s).
+    A flow-guided model's SPyNet is freshly initialised too (load trained weights into ``.spynet``).
     """
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    arch = dict(PRESETS[preset])
+    arch = dict(PRESETS[preset], num_frame=num_frame, flow_guided=flow_guided)
     if with_tsa is not None:
         arch["with_tsa"] = with_tsa
-    if align == "flow":
-        arch["groups"] = 1 if groups is None else groups
-        offsets = 1 if offsets is None else offsets
-    elif groups is not None:
-        arch["groups"] = groups
-    return EDVR(EDVRConfig(num_frame=num_frame, align=align, offsets=9 if offsets is None else offsets, **arch))
+    return EDVR(EDVRConfig(**arch).with_alignment(Alignment.of(align, offsets, groups)))
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -205,6 +202,7 @@ def infer_edvr_config(state: dict[str, Tensor], num_frame: int | None = None) ->
         align=align,
         offsets=offsets,
         hr_feat=state["conv_hr.weight"].shape[0],
+        flow_guided=any(k.startswith("spynet.") for k in state),
     )
 
 

@@ -17,6 +17,7 @@ from vsrx.errors import UsageError
 from vsrx.models import EDVR, build_model, convert_alignment, load_model
 from vsrx.models.align import record_offsets
 from vsrx.models.edvr import EDVRConfig
+from vsrx.models.spynet import FRAME_MIN_SIZE
 from vsrx.models.weights import CONFIG_KEY, read_metadata
 from vsrx.train.data import WindowPatches, load_clips, lr_from_hr
 from vsrx.train.loop import LoopConfig, Run, checkpoints, fit
@@ -41,6 +42,7 @@ class TrainConfig(LoopConfig):
     groups: int | None = None
     frames: int = 7
     with_tsa: bool | None = None
+    flow_guided: bool = False
     init_from: str | None = None
     freeze_except: str | None = None
     freeze_iters: int = 0
@@ -65,7 +67,11 @@ class TrainConfig(LoopConfig):
 
 
 def make_model(cfg: TrainConfig) -> EDVR:
-    model = build_model(cfg.preset, cfg.align, cfg.offsets, cfg.groups, cfg.frames, cfg.with_tsa)
+    """The model a new run starts from: fresh, or ``init_from``'s weights where they fit (a new fusion
+    module and a flow-guided model's SPyNet may be missing there). A flow-guided model whose SPyNet
+    does not come from ``init_from`` gets ``--spynet``'s (default: the bundled one)."""
+    model = build_model(cfg.preset, cfg.align, cfg.offsets, cfg.groups, cfg.frames, cfg.with_tsa, cfg.flow_guided)
+    missing = list(model.state_dict())
     if cfg.init_from:
         src = load_model(cfg.init_from)
         missing, unexpected = model.load_state_dict(
@@ -74,8 +80,10 @@ def make_model(cfg: TrainConfig) -> EDVR:
         )
         if unexpected:
             raise UsageError(f"--init-from {cfg.init_from}: unexpected keys {unexpected[:3]}")
-        if missing and not all(k.startswith("fusion.") for k in missing):
+        if not all(k.startswith(("fusion.", "spynet.")) for k in missing):
             raise UsageError(f"--init-from {cfg.init_from} does not fit: missing {missing[:3]}")
+    if cfg.flow_guided and any(k.startswith("spynet.") for k in missing):
+        model.spynet.load_state_dict(load_model(cfg.spynet or "spynet").state_dict())
     return model
 
 
@@ -120,6 +128,7 @@ class EDVRTask:
         self.spynet = None
         if cfg.offset_fidelity and self.flow_source == "spynet":
             self.spynet = load_model(cfg.spynet or "spynet", device=run.device).requires_grad_(False)
+            self.spynet.min_size = FRAME_MIN_SIZE
 
     def describe(self, run: Run, start: int, iters: int) -> str:
         cfg, model = self.cfg, self.model

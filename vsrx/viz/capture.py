@@ -142,8 +142,9 @@ def capture_window(model: EDVR, frames: Tensor, slots: list[int], levels: tuple[
         fused = stack.enter_context(record_forward([model.fusion], lambda m, args, out: out.float().cpu()))
         stack.enter_context(record_forward([model.fusion], stop))
         pyramid = tuple(level.unsqueeze(0) for level in model.extract(x))
+        flows = model.window_flows(x.unsqueeze(0)) if model.config.flow_guided else None
         try:
-            model.reconstruct_window(pyramid, x[center : center + 1])
+            model.reconstruct_window(pyramid, x[center : center + 1], flows)
         except _Stop:
             pass
     result = {}

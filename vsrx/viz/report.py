@@ -108,7 +108,7 @@ def neighbours_of(model: EDVR, neighbors: tuple[int, ...]) -> list[int]:
 def load_spynet(flow: str, spynet: str | None, device: torch.device) -> tuple[torch.nn.Module | None, str]:
     """The SPyNet to compute reference flow with, or None; and what the reference is ('spynet'/'none')."""
     from vsrx.models import load_model, zoo
-    from vsrx.models.spynet import SpyNet
+    from vsrx.models.spynet import FRAME_MIN_SIZE, SpyNet
 
     if flow == "none":
         if spynet:
@@ -123,6 +123,7 @@ def load_spynet(flow: str, spynet: str | None, device: torch.device) -> tuple[to
     net = load_model(source, device=device)
     if not isinstance(net, SpyNet):
         raise ModelError(f"--spynet {source}: not a SPyNet model (it holds a {type(net).__name__})")
+    net.min_size = FRAME_MIN_SIZE
     return net.float(), "spynet"
 
 
