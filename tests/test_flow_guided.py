@@ -1,10 +1,11 @@
 """Flow-guided alignment: every aligner's offsets are SPyNet's flow (centre -> neighbour) plus the learned residual."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
-from helpers import tiny_edvr
+from helpers import cli, tiny_edvr
 
 from vsrx.errors import ModelError
 from vsrx.models import EDVR, build_model, load_model, save_model
@@ -99,3 +100,14 @@ def test_training_starts_a_guided_model_from_plain_weights_and_the_given_spynet(
     assert trained.config.flow_guided
     torch.testing.assert_close(trained.spynet.state_dict(), spynet.state_dict(), rtol=0, atol=0)  # SPyNet stays fixed
     assert not torch.equal(trained.pcd_align.cas_dcnpack.weight, plain.pcd_align.cas_dcnpack.weight)
+
+
+def test_cli_train_flow_guided_uses_the_bundled_spynet_by_default(tmp_path):
+    result = cli("train", "--dataset", "synthetic", "--preset", "edvr-s", "--align", "flow", "--frames", "3", "--batch", "1",
+                 "--patch", "16", "--iters", "1", "--device", "cpu", "--flow-guided", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.config.flow_guided and model.config.mode_name == "flow+flow-guided"
+    torch.testing.assert_close(model.spynet.state_dict(), load_model("spynet").state_dict(), rtol=0, atol=0)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["flow_guided"] is True  # a resumed run stays flow-guided
