@@ -246,15 +246,7 @@ class EDVR(nn.Module):
         """The flow from each window's centre frame to each of its frames, (B*T, 2, H, W) in (dy, dx)
         pixels, for a flow-guided model's `reconstruct_window`; window is (B, T, 3, H, W). The centre's
         flow to itself is zero; SPyNet runs without gradients (it is not trained with the model)."""
-        b, t = window.shape[:2]
-        c = self.config.center
-        others = [k for k in range(t) if k != c]
-        with torch.no_grad():
-            ref = window[:, c : c + 1].expand(b, t - 1, *window.shape[2:]).flatten(0, 1)
-            moved = self.spynet.flow_dy_dx(ref, window[:, others].flatten(0, 1)).view(b, t - 1, 2, *window.shape[-2:])
-        flows = moved.new_zeros(b, t, 2, *window.shape[-2:])
-        flows[:, others] = moved
-        return flows.flatten(0, 1)
+        return self.spynet.centre_flows(window, self.config.center).flatten(0, 1)
 
     def reconstruct_window(self, features: tuple[Tensor, ...], center_frame: Tensor, flows: Tensor | None = None) -> Tensor:
         """Align, fuse and upsample one window of per-frame features (each (B, T, C, h, w), as `extract`

@@ -101,3 +101,15 @@ class SpyNet(nn.Module):
     def flow_dy_dx(self, ref: Tensor, supp: Tensor) -> Tensor:
         """Return the flow from ``ref`` to ``supp`` in the project's (dy, dx) order."""
         return self(ref, supp).flip(1)
+
+    def centre_flows(self, window: Tensor, center: int) -> Tensor:
+        """The (dy, dx) flow from each window's frame ``center`` to each of its frames, (B, T, 2, H, W)
+        for windows (B, T, 3, H, W); zero for the centre itself. Without gradients."""
+        b, t = window.shape[:2]
+        others = [k for k in range(t) if k != center]
+        with torch.no_grad():
+            ref = window[:, center : center + 1].expand(b, t - 1, *window.shape[2:]).flatten(0, 1)
+            moved = self.flow_dy_dx(ref, window[:, others].flatten(0, 1))
+        flows = moved.new_zeros(b, t, 2, *window.shape[-2:])
+        flows[:, others] = moved.view(b, t - 1, 2, *window.shape[-2:])
+        return flows

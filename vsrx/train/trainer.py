@@ -187,12 +187,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
 
 
 def estimate_flow(spynet: nn.Module, lr_frames: torch.Tensor, center: int) -> torch.Tensor:
-    """SPyNet flow centre -> each frame, (B, T, 2, H, W) in (dy, dx) pixels."""
-    b, t = lr_frames.shape[:2]
-    ref = lr_frames[:, center : center + 1].expand_as(lr_frames).flatten(0, 1)
-    with torch.no_grad(), torch.autocast(lr_frames.device.type, enabled=False):
-        flow = spynet.flow_dy_dx(ref.float(), lr_frames.flatten(0, 1).float())
-    return flow.view(b, t, 2, *flow.shape[-2:])
+    """SPyNet flow centre -> each frame, (B, T, 2, H, W) in (dy, dx) pixels, in fp32 whatever the autocast."""
+    with torch.autocast(lr_frames.device.type, enabled=False):
+        return spynet.centre_flows(lr_frames.float(), center)
 
 
 def validate(model: EDVR, sources: tuple[str, ...], max_frames: int, device: torch.device) -> dict[str, dict[str, float]]:
