@@ -13,13 +13,13 @@ from torchvision.io import write_png
 
 from clips import make_clip
 from helpers import child_env, cli
-from vsrx.errors import InputError
+from vsrx.errors import InputError, UsageError
 from vsrx.evaluate.bicubic import downscale_x4_uint8
 from vsrx.models import load_model
 from vsrx.ops.warp import flow_warp
 from vsrx.train.data import WindowPatches, load_clips
 from vsrx.train.losses import charbonnier, offset_fidelity
-from vsrx.train.trainer import TrainConfig, checkpoints, train
+from vsrx.train.trainer import TrainConfig, checkpoints, make_model, train
 
 
 def smooth_frames(n, h, w, seed=0):
@@ -215,6 +215,23 @@ def test_init_from_and_freeze_except_fusion(tmp_path):
             continue
         torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=f"{k} changed while frozen")
     assert "fusion.temporal_attn1.weight" in tsa and "fusion.weight" in start
+
+
+def test_init_from_a_shallower_trunk_appends_identity_blocks(tmp_path):
+    """--reconstruct-blocks deeper than --init-from's: the grown model computes exactly what the source
+    does (float64), then trains every block; a shallower trunk than the source's is refused."""
+    base = train(tiny_cfg(tmp_path / "base", iters=1, reconstruct_blocks=1), log=lambda *a: None)
+    deep = make_model(tiny_cfg(tmp_path / "deep", init_from=str(base), reconstruct_blocks=3))
+    assert deep.config.num_reconstruct_block == 3
+    window = torch.rand(2, 3, 3, 12, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(deep.double().eval()(window), load_model(base).double()(window), rtol=0, atol=1e-12)
+    grown = train(tiny_cfg(tmp_path / "deep", iters=2, init_from=str(base), reconstruct_blocks=3), log=lambda *a: None)
+    trained = load_file(str(grown))
+    assert trained["reconstruction.2.conv2.weight"].abs().sum() > 0  # started at zero
+    assert make_model(tiny_cfg(tmp_path / "same", init_from=str(grown))).config.num_reconstruct_block == 3
+    with pytest.raises(UsageError, match="3 reconstruction blocks"):
+        make_model(tiny_cfg(tmp_path / "shallow", init_from=str(grown), reconstruct_blocks=2))
 
 
 def test_resume_keeps_the_checkpoint_form(tmp_path):

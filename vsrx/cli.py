@@ -255,6 +255,7 @@ def print_estimates(estimates, as_json: bool) -> None:
 @click.option("--groups", type=click.IntRange(1), help="Deformable groups G (default: the preset's).")
 @click.option("--frames", type=click.IntRange(1), default=7, show_default=True, help="Window length T (odd).")
 @click.option("--tsa/--no-tsa", "with_tsa", default=None, help="TSA fusion (default: the preset's).")
+@click.option("--reconstruct-blocks", type=click.IntRange(1), help="Residual blocks in the reconstruction trunk (default: --init-from's, else the preset's); deeper than --init-from's, the new blocks start as identities.")
 @click.option("--flow-guided", is_flag=True, help="Offsets start from SPyNet's flow (centre to neighbour) and learn the residual; the model carries the SPyNet of --spynet.")
 @click.option("--init-from", type=click.Path(), help="Start from these weights (non-strict for a new fusion module).")
 @click.option("--freeze-except", help="Train only parameters with this name prefix (e.g. fusion) ...")

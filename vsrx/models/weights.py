@@ -29,18 +29,22 @@ def build_model(
     num_frame: int = 7,
     with_tsa: bool | None = None,
     flow_guided: bool = False,
+    reconstruct_blocks: int | None = None,
 ) -> EDVR:
     """A freshly initialised EDVR of a preset (edvr-s, edvr-m, edvr-l) and alignment mode.
 
     offsets and groups default as `Alignment.of` fills them (G = N = 1 for flow), else G is the
-    preset's; with_tsa defaults to the preset's (True for edvr-m and edvr-l, False for edvr-s).
-    A flow-guided model's SPyNet is freshly initialised too (load trained weights into ``.spynet``).
+    preset's; with_tsa and reconstruct_blocks (the residual blocks of the reconstruction trunk)
+    default to the preset's. A flow-guided model's SPyNet is freshly initialised too (load trained
+    weights into ``.spynet``).
     """
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     arch = dict(PRESETS[preset], num_frame=num_frame, flow_guided=flow_guided)
     if with_tsa is not None:
         arch["with_tsa"] = with_tsa
+    if reconstruct_blocks is not None:
+        arch["num_reconstruct_block"] = reconstruct_blocks
     return EDVR(EDVRConfig(**arch).with_alignment(Alignment.of(align, offsets, groups)))
 
 

@@ -42,6 +42,7 @@ class TrainConfig(LoopConfig):
     groups: int | None = None
     frames: int = 7
     with_tsa: bool | None = None
+    reconstruct_blocks: int | None = None
     flow_guided: bool = False
     init_from: str | None = None
     freeze_except: str | None = None
@@ -69,19 +70,37 @@ class TrainConfig(LoopConfig):
 def make_model(cfg: TrainConfig) -> EDVR:
     """The model a new run starts from: fresh, or ``init_from``'s weights where they fit (a new fusion
     module and a flow-guided model's SPyNet may be missing there). A flow-guided model whose SPyNet
-    does not come from ``init_from`` gets ``--spynet``'s (default: the bundled one)."""
-    model = build_model(cfg.preset, cfg.align, cfg.offsets, cfg.groups, cfg.frames, cfg.with_tsa, cfg.flow_guided)
+    does not come from ``init_from`` gets ``--spynet``'s (default: the bundled one).
+
+    The reconstruction trunk is ``init_from``'s depth unless ``reconstruct_blocks`` says otherwise; a
+    deeper one keeps the source's blocks and appends identity blocks (second convolution zero), so
+    the grown model starts out computing exactly what ``init_from`` does.
+    """
+    src = load_model(cfg.init_from) if cfg.init_from else None
+    if src is not None and not isinstance(src, EDVR):
+        raise UsageError(f"--init-from {cfg.init_from} is a {type(src).__name__}, not an EDVR model")
+    blocks = cfg.reconstruct_blocks or (src.config.num_reconstruct_block if src is not None else None)
+    model = build_model(cfg.preset, cfg.align, cfg.offsets, cfg.groups, cfg.frames, cfg.with_tsa, cfg.flow_guided, blocks)
     missing = list(model.state_dict())
-    if cfg.init_from:
-        src = load_model(cfg.init_from)
+    if src is not None:
         missing, unexpected = model.load_state_dict(
             {k: v for k, v in src.state_dict().items() if k in model.state_dict() and v.shape == model.state_dict()[k].shape},
             strict=False,
         )
         if unexpected:
             raise UsageError(f"--init-from {cfg.init_from}: unexpected keys {unexpected[:3]}")
-        if not all(k.startswith(("fusion.", "spynet.")) for k in missing):
+        src_blocks = src.config.num_reconstruct_block
+        if src_blocks > model.config.num_reconstruct_block:
+            raise UsageError(f"--init-from {cfg.init_from} has {src_blocks} reconstruction blocks; "
+                             f"--reconstruct-blocks {model.config.num_reconstruct_block} would drop some")
+        grown = range(src_blocks, model.config.num_reconstruct_block)
+        new_blocks = tuple(f"reconstruction.{i}." for i in grown)
+        if not all(k.startswith(("fusion.", "spynet.") + new_blocks) for k in missing):
             raise UsageError(f"--init-from {cfg.init_from} does not fit: missing {missing[:3]}")
+        for i in grown:
+            block = model.reconstruction[i]
+            nn.init.zeros_(block.conv2.weight)
+            nn.init.zeros_(block.conv2.bias)
     if cfg.flow_guided and any(k.startswith("spynet.") for k in missing):
         model.spynet.load_state_dict(load_model(cfg.spynet or "spynet").state_dict())
     return model
