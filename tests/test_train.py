@@ -158,6 +158,21 @@ def test_resume_continues_exactly(tmp_path):
     assert all("fidelity" in x and "offset_mean" in x for x in lines)
 
 
+def test_bf16_on_cpu_trains_channels_last_and_resumes_exactly(tmp_path):
+    straight = train(tiny_cfg(tmp_path / "a", iters=4, precision="bf16", ema=0.9), log=lambda *a: None)
+    train(tiny_cfg(tmp_path / "b", iters=2, precision="bf16", ema=0.9), log=lambda *a: None)
+    resumed = train(tiny_cfg(tmp_path / "b", iters=4, precision="bf16", ema=0.9), resume=True, log=lambda *a: None)
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert all(v.is_contiguous() for v in a.values())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(0 < x < 1 for x in losses)
+    state = torch.load(sorted((tmp_path / "b" / "ckpt").iterdir())[-1] / "state.pt", weights_only=True)
+    moments = [s["exp_avg"] for s in state["optimizer"]["state"].values() if s["exp_avg"].dim() == 4]
+    assert moments and all(m.is_contiguous(memory_format=torch.channels_last) for m in moments)
+
+
 def test_checkpoints_are_atomic_and_dcn_is_saved_in_dcn_layout(tmp_path):
     cfg = tiny_cfg(tmp_path, align="dcn", offsets=None, iters=4, save_every=1, keep=2)
     weights = train(cfg, log=lambda *a: None)
