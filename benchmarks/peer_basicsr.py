@@ -7,8 +7,9 @@ with the same (converted) weights, on the same frame folder, whole processes tim
 Steps: BasicSR's EDVR-M (5 frames) with random weights saved as a BasicSR checkpoint; a folder of
 test frames; `vsrx convert` of the checkpoint; then, each timed as a whole process (start-up,
 imports, reading, model, PNG writing): BasicSR window by window with reflection_circle padding
-(its EDVR test protocol), and `vsrx upscale --align decomp --offsets 9` on the folder. Reports
-both wall times, the ratio, and the largest per-pixel difference of the 8-bit outputs.
+(its EDVR test protocol), and `vsrx upscale --align decomp --offsets 9 --precision P` on the folder
+for each P of --precision. Reports the wall times, the ratios, and the largest per-pixel difference
+of the 8-bit outputs.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=10)
     p.add_argument("--size", default="180x320", help="LR HxW")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--precision", default="auto", help="vsrx upscale --precision; a comma list times each")
     p.add_argument("--json")
     args = p.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
@@ -79,14 +81,19 @@ def main() -> None:
     (tmp / "run_basicsr.py").write_text(BASICSR_RUN)
     t_peer = timed([args.basicsr_python, str(tmp / "run_basicsr.py"), str(tmp / "frames"), str(tmp / "peer"),
                     str(tmp / "EDVR_basicsr.pth")], env)
-    t_vsrx = timed([sys.executable, "-m", "vsrx", "upscale", str(tmp / "frames"), str(tmp / "ours"), "--model",
-                    str(tmp / "edvr_m.safetensors"), "--align", "decomp", "--offsets", "9", "--quiet"], env)
+    from vsrx.device import cpu_has_amx
     from vsrx.io.images import read_image
 
-    diff = max(int(np.abs(read_image(a).astype(int) - read_image(b).astype(int)).max())
-               for a, b in zip(sorted((tmp / "peer").iterdir()), sorted((tmp / "ours").iterdir())))
-    result = {"frames": args.frames, "lr_size": [h, w], "threads": args.threads, "basicsr_s": t_peer, "vsrx_s": t_vsrx,
-              "speedup": t_peer / t_vsrx, "max_grey_level_difference": diff, "torch": torch.__version__}
+    result = {"frames": args.frames, "lr_size": [h, w], "threads": args.threads, "basicsr_s": t_peer,
+              "amx": cpu_has_amx(), "torch": torch.__version__, "vsrx": {}}
+    for precision in args.precision.split(","):
+        ours = tmp / f"ours-{precision}"
+        t_vsrx = timed([sys.executable, "-m", "vsrx", "upscale", str(tmp / "frames"), str(ours), "--model",
+                        str(tmp / "edvr_m.safetensors"), "--align", "decomp", "--offsets", "9", "--precision", precision,
+                        "--quiet"], env)
+        diff = max(int(np.abs(read_image(a).astype(int) - read_image(b).astype(int)).max())
+                   for a, b in zip(sorted((tmp / "peer").iterdir()), sorted(ours.iterdir())))
+        result["vsrx"][precision] = {"vsrx_s": t_vsrx, "speedup": t_peer / t_vsrx, "max_grey_level_difference": diff}
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -1,7 +1,10 @@
 """Streaming inference: the feature cache computes exactly what per-window inference computes."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from clips import frame_at
 from helpers import tiny_edvr
 
@@ -110,3 +113,33 @@ def test_ranks_share_unfinished_ranges_contiguously():
     assert sorted(shares[0] + shares[1]) == todo and shares[0] and shares[1]
     assert max(r[1] for r in shares[0]) <= min(r[0] for r in shares[1])
     assert _merge(shares[0]) == [(0, 8)] and _merge(todo) == [(0, 8), (12, 18), (20, 24)]
+
+
+@pytest.mark.parametrize("flow_guided", [False, True])
+def test_reduced_precision_model_keeps_frames_base_and_output_float32(flow_guided):
+    """A bf16 model computes in bf16 between float32 frames and a float32 output: with its last
+    convolution zeroed the output is exactly the float32 bilinear base of the centre frame (bf16
+    frames would be off by up to a grey level), and otherwise it stays close to the fp32 model."""
+    model = small_model(num_frame=3, flow_guided=flow_guided)
+    frames = [torch.randint(0, 256, (3, 8, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    fp32 = list(upscale_stream(model, iter(frames), len(frames)))
+    half = list(upscale_stream(copy.deepcopy(model).to(torch.bfloat16), iter(frames), len(frames), dtype=torch.bfloat16))
+    assert all(h.dtype == torch.float32 for h in half)
+    assert max((a - b).abs().max().item() for a, b in zip(half, fp32)) < 0.02
+    with torch.no_grad():
+        model.conv_last.weight.zero_()
+        model.conv_last.bias.zero_()
+    bases = [F.interpolate(f[None].float() / 255, scale_factor=4, mode="bilinear", align_corners=False)[0] for f in frames]
+    for out, base in zip(upscale_stream(model.to(torch.bfloat16), iter(frames), len(frames), dtype=torch.bfloat16), bases):
+        assert torch.equal(out, base)
+
+
+def test_auto_precision_takes_bf16_on_amx_cpus_for_upscale_only(monkeypatch):
+    from vsrx import device
+
+    cpu = torch.device("cpu")
+    for amx in (True, False):
+        monkeypatch.setattr(device, "cpu_has_amx", lambda amx=amx: amx)
+        assert device.pick_dtype("auto", cpu, amx_bf16=True) == (torch.bfloat16 if amx else torch.float32)
+        assert device.pick_dtype("auto", cpu) == torch.float32  # eval and bench: fp32 on every CPU
+        assert device.pick_dtype("fp32", cpu, amx_bf16=True) == torch.float32

@@ -78,6 +78,24 @@ def test_videos_layout_walks_files_and_frame_folders(tmp_path):
     assert len(WindowPatches(clips, 5, 8)[1]["lr"]) == 5
 
 
+def test_frame_cache_decodes_once_and_memory_maps_the_same_frames(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    make_clip(data / "a.mp4", frames=8, size=(64, 48))
+    write_frames(data / "shot", smooth_frames(6, 48, 64))
+    plain = load_clips("videos", data)
+    first = load_clips("videos", data, cache=cache)
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2 and all(e.endswith(".npy") for e in entries)  # one per clip, no temporary left
+    again = load_clips("videos", data, cache=cache)
+    for a, b, c in zip(plain, first, again):
+        assert isinstance(c.frames, np.memmap) and np.array_equal(a.frames, c.frames) and np.array_equal(a.frames, b.frames)
+    assert WindowPatches(again, 5, 8)[3]["gt"].equal(WindowPatches(plain, 5, 8)[3]["gt"])
+    write_frames(data / "shot", smooth_frames(6, 48, 64, seed=1))  # changed frames: a new entry, not the stale one
+    changed = {c.name: c for c in load_clips("videos", data, cache=cache)}["shot"]
+    assert len(list(cache.iterdir())) == 3 and not np.array_equal(changed.frames, plain[1].frames)
+
+
 def test_real_patch_lr_equals_crop_of_full_frame_lr(tmp_path):
     hr = smooth_frames(3, 64, 96)
     write_frames(tmp_path / "clip", hr)

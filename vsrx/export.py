@@ -46,19 +46,19 @@ def require_onnx():
 class WindowGraph(nn.Module):
     """What is exported: float32 LR window in [0, 1] -> float32 (batch, 3, 4H, 4W).
 
-    ``layout`` "bchw" takes the T frames stacked on channels; ``dtype`` float16 runs the model
-    in half precision between float32 input and output (aligners still sample in float32).
+    ``layout`` "bchw" takes the T frames stacked on channels. A half-precision model computes in
+    float16 between its float32 input and output (see `EDVR.extract`; aligners sample in float32).
     """
 
-    def __init__(self, model: EDVR, layout: str = "btchw", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: EDVR, layout: str = "btchw") -> None:
         super().__init__()
-        self.model, self.layout, self.dtype = model, layout, dtype
+        self.model, self.layout = model, layout
 
     def forward(self, x: Tensor) -> Tensor:
         if self.layout == "bchw":
             b, _, h, w = x.shape  # explicit sizes: the tracer keeps them dynamic (unflatten would bake them in)
             x = x.reshape(b, self.model.config.num_frame, 3, h, w)
-        return self.model(x.to(self.dtype)).float()
+        return self.model(x).float()
 
 
 def exportable(model: nn.Module) -> EDVR:
@@ -107,7 +107,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, layout: str = "btch
     sample, window = (window_input(2, t, s, layout, gen) for s in (size, check_size))
     with torch.no_grad():
         expected = WindowGraph(model, layout)(window).numpy()  # the float32 reference, also for an fp16 export
-    graph = WindowGraph(model.half() if fp16 else model, layout, torch.float16 if fp16 else torch.float32)
+    graph = WindowGraph(model.half() if fp16 else model, layout)
     axes = {INPUT: {0: "batch", layout.index("h"): "height", layout.index("w"): "width"},
             OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"}}
     ops: list[str] = []

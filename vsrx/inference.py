@@ -98,7 +98,7 @@ class Upscaler:
     """Streams x4 super-resolution of a clip through an EDVR model.
 
     ``stream(frames, total)`` takes (3, H, W) tensors (uint8, uint16 or float in [0, 1]) in order and
-    yields (3, 4H, 4W) outputs in the model dtype, not clamped. Any H, W works (reflect-padded
+    yields (3, 4H, 4W) outputs in float32 (or the model dtype if wider), not clamped. Any H, W works (reflect-padded
     to multiples of 4 for the model, outputs cropped to exactly 4H x 4W). ``cache=False``
     recomputes every window's features (the naive reference). ``scene_threshold``: detect hard
     cuts (`vsrx.io.scenes`) and keep every window inside its shot; None: off.
@@ -213,13 +213,16 @@ class Upscaler:
                 centre = centres[-1] + 1
 
     def _prepare(self, x: Tensor) -> Tensor:
+        """A frame in [0, 1], padded, in float32 or wider: a reduced-precision model casts frames itself
+        and keeps the bilinear base of its output exact (`EDVR.extract`)."""
         x = x.to(self.device, non_blocking=True)
+        dtype = torch.promote_types(self.dtype, torch.float32)
         if x.dtype == torch.uint8:
-            x = x.to(self.dtype) / 255
-        elif _UINT16 is not None and x.dtype == _UINT16:  # scaled in fp32: 65535 does not fit in fp16
-            x = (x.to(torch.float32) / 65535).to(self.dtype)
+            x = x.to(dtype) / 255
+        elif _UINT16 is not None and x.dtype == _UINT16:
+            x = x.to(dtype) / 65535
         else:
-            x = x.to(self.dtype)
+            x = x.to(dtype)
         return pad_to_multiple(x.unsqueeze(0))[0]
 
     def _run_with_retry(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict) -> Tensor:

@@ -234,8 +234,13 @@ class EDVR(nn.Module):
     def extract(self, frames: Tensor, with_terms: bool = False) -> tuple[Tensor, ...]:
         """Per-frame features of independent frames (N, 3, H, W): the pyramid (l1, l2, l3), and with
         ``with_terms`` also each frame's share of PCD's first offset convolutions (not for a flow-guided
-        model, whose offsets are predicted from warped neighbours). Cacheable per frame."""
-        l1 = self.feature_extraction(lrelu(self.conv_first(frames)))
+        model, whose offsets are predicted from warped neighbours). Cacheable per frame.
+
+        Frames may come in float32 whatever the model's dtype: a reduced-precision model casts them
+        here, and `reconstruct_window` adds its output to a centre frame upsampled in the frame's
+        dtype, so the bilinear base and the sum stay exact (bf16 frames alone would be off by up to
+        a grey level: bf16 resolves 1/256 near 1.0)."""
+        l1 = self.feature_extraction(lrelu(self.conv_first(frames.to(self.conv_first.weight.dtype))))
         l2 = lrelu(self.conv_l2_2(lrelu(self.conv_l2_1(l1))))
         l3 = lrelu(self.conv_l3_2(lrelu(self.conv_l3_1(l2))))
         if with_terms and not self.config.flow_guided:
@@ -246,6 +251,7 @@ class EDVR(nn.Module):
         """The flow from each window's centre frame to each of its frames, (B*T, 2, H, W) in (dy, dx)
         pixels, for a flow-guided model's `reconstruct_window`; window is (B, T, 3, H, W). The centre's
         flow to itself is zero; SPyNet runs without gradients (it is not trained with the model)."""
+        window = window.to(self.spynet.mean.dtype)  # float32 frames into a reduced-precision model (see extract)
         return self.spynet.centre_flows(window, self.config.center).flatten(0, 1)
 
     def reconstruct_window(self, features: tuple[Tensor, ...], center_frame: Tensor, flows: Tensor | None = None) -> Tensor:

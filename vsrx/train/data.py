@@ -7,6 +7,9 @@ without saving any data-loader state.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +49,9 @@ def vimeo_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
     return vimeo_septuplets(root, "sep_trainlist.txt", lr_root, exclude)
 
 
-def video_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
-    """Every video file (decoded into memory) and every folder of frames under root, recursively."""
+def video_clips(root: Path, exclude: tuple[str, ...] = (), cache: Path | None = None) -> list[Clip]:
+    """Every video file (decoded into memory) and every folder of frames under root, recursively;
+    with ``cache``, each decoded clip is kept there and memory-mapped (`cached_frames`)."""
     if not root.exists():
         raise InputError(f"training root not found: {root}")
     clips = []
@@ -56,15 +60,34 @@ def video_clips(root: Path, exclude: tuple[str, ...] = ()) -> list[Clip]:
         if excluded(path.relative_to(root if root.is_dir() else root.parent), exclude):
             continue
         if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
-            source = open_source(path)
-            clips.append(Clip(str(path.relative_to(root) if root.is_dir() else path.name), np.stack([f.rgb for f in source])))
+            frames = cached_frames(cache, [path], lambda: np.stack([f.rgb for f in open_source(path)]))
+            clips.append(Clip(str(path.relative_to(root) if root.is_dir() else path.name), frames))
         elif path.is_dir():
             files = list_images(path)
             if files:  # decoded once, like the video files: every sample then only slices memory
-                clips.append(Clip(str(path.relative_to(root)) or path.name, _stack(files)))
+                clips.append(Clip(str(path.relative_to(root)) or path.name, cached_frames(cache, files, lambda: _stack(files))))
     if not clips:
         raise InputError(f"no video files or frame folders found under {root}")
     return clips
+
+
+def cached_frames(cache: Path | None, files: list[Path], decode: Callable[[], np.ndarray]) -> np.ndarray:
+    """``decode()``, or with a cache folder the same array memory-mapped from a .npy file there,
+    written on first use and named after the files' paths, sizes and modification times. Runs
+    that share a cache share one copy of the frames through the page cache (two runs no longer
+    need twice the memory) and do not decode again."""
+    if cache is None:
+        return decode()
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+    path = cache / f"{files[0].parent.name if len(files) > 1 else files[0].stem}-{key}.npy"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, decode())
+        os.replace(tmp, path)  # whole or not at all: a run killed while writing leaves no cache entry
+    return np.load(path, mmap_mode="r")
 
 
 def _stack(files: list[Path]) -> np.ndarray:
@@ -75,8 +98,9 @@ def _stack(files: list[Path]) -> np.ndarray:
     return np.stack(frames)
 
 
-def load_clips(dataset: str, root: Path | None, exclude: tuple[str, ...] = ()) -> list[Clip]:
-    """The clips of a dataset layout ('synthetic' uses the frames of any videos/folders under root as stills)."""
+def load_clips(dataset: str, root: Path | None, exclude: tuple[str, ...] = (), cache: Path | None = None) -> list[Clip]:
+    """The clips of a dataset layout ('synthetic' uses the frames of any videos/folders under root as
+    stills); ``cache``: see `video_clips` (REDS and Vimeo-90K read their image files per sample)."""
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if dataset == "synthetic" and root is None:
@@ -88,7 +112,7 @@ def load_clips(dataset: str, root: Path | None, exclude: tuple[str, ...] = ()) -
         return reds_clips(root, tuple(exclude) or REDS4_CLIPS)
     if dataset == "vimeo90k":
         return vimeo_clips(root, exclude)
-    return video_clips(root, exclude)
+    return video_clips(root, exclude, cache)
 
 
 def lr_from_hr(hr: Tensor) -> Tensor:

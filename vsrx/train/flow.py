@@ -314,7 +314,8 @@ class FlowTask:
     def __init__(self, cfg: FlowTrainConfig, run: Run) -> None:
         check_config(cfg, run.world)
         self.cfg = cfg
-        self.stills = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude)
+        self.stills = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude,
+                                 Path(cfg.frame_cache) if cfg.frame_cache else None)
         self.data = FlowPairs(self.stills, (cfg.patch, cfg.patch), key=(cfg.seed,), max_motion=cfg.max_motion,
                               scales=cfg.scales, noise=cfg.noise)
         self.model = make_spynet(cfg)

@@ -40,7 +40,7 @@ from vsrx.models.weights import load_state
 
 # Settings that `vsrx train --resume DIR` accepts next to the saved config: how long and how
 # verbosely the run goes on, where its data now lies and what it runs on, never what it learns.
-RESUME_OVERRIDES = ("iters", "time_limit", "root", "device", "workers", "log_every", "save_every", "val_every", "keep")
+RESUME_OVERRIDES = ("iters", "time_limit", "root", "frame_cache", "device", "workers", "log_every", "save_every", "val_every", "keep")
 
 
 @dataclass
@@ -59,6 +59,7 @@ class LoopConfig:
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
+    frame_cache: str | None = None  # folder where decoded training clips are kept, memory-mapped (data.cached_frames)
 
 
 class Task(Protocol):

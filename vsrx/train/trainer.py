@@ -132,7 +132,8 @@ class EDVRTask:
             raise UsageError(f"--frames must be odd, got {cfg.frames}")
         self.cfg, self.log = cfg, log
         torch.manual_seed(cfg.seed)
-        self.clips = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude)
+        self.clips = load_clips(cfg.dataset, Path(cfg.root) if cfg.root else None, cfg.exclude,
+                                Path(cfg.frame_cache) if cfg.frame_cache else None)
         synthetic = 1.0 if cfg.dataset == "synthetic" else cfg.synthetic_fraction
         self.flow_source = cfg.flow if cfg.flow != "auto" else ("gt" if synthetic else "spynet")
         if cfg.offset_fidelity and self.flow_source == "gt" and not synthetic:
