@@ -52,12 +52,13 @@ START_UP = 90.0  # seconds a training invocation may take beyond its time limit 
 STAGES = {
     "env": (["env", "pack"], 70),  # the first torch import on a fresh machine reads a cold disk
     "correctness": (["cuda_tests", "bicubic", "fused", "precision", "oom_retry", "upscale_cli"], 75),
-    "speed": (["bench_edvr_m", "bench_fused", "bench_edvr_s"], 90),
+    "speed": (["bench_edvr_m", "bench_fused", "bench_edvr_s", "onnx"], 120),
     "train": ([], None),
     "after_train": (["trained_precision"], 20),
 }
 CHECK_BOX = {"env": 60, "pack": 30, "cuda_tests": 40, "bicubic": 15, "fused": 20, "precision": 30, "oom_retry": 30,
-             "upscale_cli": 30, "bench_edvr_m": 55, "bench_fused": 20, "bench_edvr_s": 30, "trained_precision": 20}
+             "upscale_cli": 30, "bench_edvr_m": 55, "bench_fused": 20, "bench_edvr_s": 30, "onnx": 30,
+             "trained_precision": 20}
 TRAIN_RUNS = {  # name -> recipe; see BENCHMARKS.md ("The prepared GPU run") for why EDVR-M is decomp-5
     "edvr-s-decomp5": ["--init-from", "edvr-s-decomp5", "--preset", "edvr-s", "--align", "decomp", "--offsets", "5",
                        "--lr", "2e-4"],
@@ -841,10 +842,67 @@ def check_bench_fused(ctx: Ctx) -> dict:
             "rows": rows, "brief": brief, **({} if ctx.cuda else {"fused": NO_CUDA})}
 
 
+def check_onnx(ctx: Ctx) -> dict:
+    """The default model as `vsrx export` writes it, run by onnxruntime's GPU providers (CUDA, then
+    TensorRT, whose engine build may take the rest of the box) on one window of real LR frames:
+    ms per window and the largest difference from the PyTorch float32 model in grey levels. The
+    image's onnxruntime may have no GPU provider; the report then says which it has (dry run: the
+    CPU provider stands in)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"status": "skipped", "brief": "onnxruntime is not installed"}
+    import numpy as np
+    import torch
+
+    from vsrx.export import INPUT, export_onnx
+    from vsrx.inference import pad_to_multiple
+    from vsrx.io.windows import frame_indices
+    from vsrx.models import load_model
+
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in available]
+    if not providers and not ctx.dry:
+        return {"status": "skipped", "providers": available,
+                "brief": f"onnxruntime {ort.__version__} has no GPU provider ({', '.join(available)})"}
+    model = load_model("edvr-s-decomp5")
+    lr = lr_frames(ctx, model.config.num_frame)  # the dry run has fewer: the window repeats some, as at a clip's end
+    ids = frame_indices(len(lr) // 2, model.config.num_frame, len(lr), "reflection_circle")
+    frames = pad_to_multiple(torch.stack([torch.from_numpy(lr[i]).permute(2, 0, 1) for i in ids]).float() / 255)
+    window = frames.unsqueeze(0)
+    with torch.no_grad():
+        expected = model.to(ctx.device)(window.to(ctx.device)).float().cpu().numpy()
+    path = ctx.work / "edvr-s-decomp5.onnx"
+    export_onnx(model.cpu(), path, overwrite=True)
+    rows = []
+    for provider in providers or ["CPUExecutionProvider"]:
+        row = {"provider": provider, "lr_size": list(window.shape[-2:])}
+        try:
+            session = ort.InferenceSession(str(path), providers=[provider])
+            t0 = time.perf_counter()
+            got = session.run(None, {INPUT: window.numpy()})[0]  # TensorRT builds its engine here
+            row["first_run_s"] = time.perf_counter() - t0
+            reps = 1 if ctx.dry else 10
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                session.run(None, {INPUT: window.numpy()})
+            row["ms_per_window"] = (time.perf_counter() - t0) / reps * 1000
+            row["max_diff_grey_levels"] = float(np.abs(got - expected).max() * 255)
+        except Exception as exc:  # noqa: BLE001 (a provider that fails to load is a result too)
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        rows.append(row)
+        ctx.emit({"event": "partial", "row": row})
+    brief = ", ".join(f"{r['provider'].removesuffix('ExecutionProvider')} {r['ms_per_window']:.1f} ms/window "
+                      f"(max diff {r['max_diff_grey_levels']:.2f})" if "ms_per_window" in r else
+                      f"{r['provider']}: {r['error']}" for r in rows)
+    return {"status": "failed" if any("error" in r for r in rows) else "ok", "onnxruntime": ort.__version__,
+            "providers": available, "rows": rows, "brief": brief}
+
+
 CHECKS = {"env": check_env, "pack": check_pack, "cuda_tests": check_cuda_tests, "bicubic": check_bicubic,
           "fused": check_fused, "precision": check_precision, "oom_retry": check_oom_retry,
           "upscale_cli": check_upscale_cli, "bench_edvr_m": check_bench_edvr_m, "bench_fused": check_bench_fused,
-          "bench_edvr_s": check_bench_edvr_s, "trained_precision": check_trained_precision}
+          "bench_edvr_s": check_bench_edvr_s, "onnx": check_onnx, "trained_precision": check_trained_precision}
 
 
 def main(argv: list[str] | None = None) -> int:

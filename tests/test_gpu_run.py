@@ -79,6 +79,9 @@ def test_speed_rows_sit_next_to_their_references(dry_run):
     e2e = [r for r in s["bench_edvr_s"]["rows"] if r["end_to_end"]]
     assert e2e and all(r["io"] == "frames" for r in e2e)  # no PyAV: frame folders in and out
     assert {r["method"] for r in s["bench_fused"]["rows"]} >= {"unfused", "torchvision"}
+    onnx = s["onnx"]  # no GPU provider here: the CPU provider stands in, through the same code
+    assert onnx["status"] == "ok" and [r["provider"] for r in onnx["rows"]] == ["CPUExecutionProvider"]
+    assert onnx["rows"][0]["ms_per_window"] > 0 and onnx["rows"][0]["max_diff_grey_levels"] < 0.1
 
 
 def test_train_ran_twice_with_resume_and_returned_weights(dry_run):
