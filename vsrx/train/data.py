@@ -78,7 +78,7 @@ def cached_frames(cache: Path | None, files: list[Path], decode: Callable[[], np
     need twice the memory) and do not decode again."""
     if cache is None:
         return decode()
-    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stats = [(str(f.resolve()), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
     key = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
     path = cache / f"{files[0].parent.name if len(files) > 1 else files[0].stem}-{key}.npy"
     if not path.exists():
