@@ -170,6 +170,18 @@ def test_eval_cli_runs_models_and_modes_into_one_table(vid4_root, tmp_path):
         assert dcn["clips"][clip]["psnr_y"] == pytest.approx(decomp["clips"][clip]["psnr_y"], abs=0.01)
 
 
+def test_eval_cli_self_ensemble_row_is_labelled_and_scored_apart(vid4_root, tmp_path, model_path):
+    root, _ = vid4_root
+    out = {}
+    for name, extra in (("plain", []), ("x8", ["--self-ensemble"])):
+        result = cli("eval", "--dataset", "vid4", "--root", root, "--model", model_path, "--precision", "fp32",
+                     "--json", tmp_path / f"{name}.json", *extra)
+        assert result.exit_code == 0, result.output
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())["rows"][1]
+    assert (out["plain"]["model"], out["x8"]["model"]) == ("tiny.safetensors", "tiny.safetensors+x8")
+    assert out["x8"]["average"]["psnr_y"] != out["plain"]["average"]["psnr_y"]
+
+
 def test_eval_cli_bad_root_is_one_line(tmp_path):
     result = cli("eval", "--dataset", "vid4", "--root", tmp_path / "missing", "--bicubic-only")
     assert result.exit_code != 0 and "Traceback" not in result.output

@@ -48,6 +48,46 @@ def test_cached_stream_equals_per_window(padding, batch, flow_guided):
     assert max((a - b).abs().max().item() for a, b in zip(uncached, expected)) < 1e-5
 
 
+def ensemble_naive(model, frames, padding):
+    """Per-window self-ensemble reference: each padded window (and, flow-guided, its flows from the
+    frames as they are) turned 8 ways, run whole, turned back and averaged."""
+    from vsrx.ops.warp import DIHEDRAL, flip_transpose, unflip_transpose
+
+    total, (h, w) = len(frames), frames[0].shape[-2:]
+    pad = lambda x: F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect")  # noqa: E731
+    c, outs = model.config.center, []
+    with torch.no_grad():
+        for centre in range(total):
+            idx = frame_indices(centre, model.config.num_frame, total, padding)
+            x = torch.stack([pad(frames[i].double().unsqueeze(0) / 255)[0] for i in idx]).unsqueeze(0)
+            flows = model.window_flows(x) if model.config.flow_guided else None
+            views = []
+            for flags in DIHEDRAL:
+                (xv,), fv = flip_transpose([x], flows, *flags)
+                pyramid = tuple(level.unsqueeze(0) for level in model.extract(xv[0]))
+                views.append(unflip_transpose(model.reconstruct_window(pyramid, xv[:, c], fv), *flags))
+            outs.append(torch.stack(views).mean(0)[0, :, : 4 * h, : 4 * w])
+    return outs
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("flow_guided", [False, True])
+def test_self_ensemble_averages_the_eight_turned_views_of_every_window(batch, flow_guided):
+    model = small_model(flow_guided=flow_guided).double()
+    torch.manual_seed(3)
+    frames = [torch.randint(0, 256, (3, 10, 13), dtype=torch.uint8) for _ in range(6)]  # not square, padded
+    expected = ensemble_naive(model, frames, "reflection_circle")
+    kw = dict(batch=batch, dtype=torch.float64, self_ensemble=True)
+    got = list(upscale_stream(model, iter(frames), len(frames), **kw))
+    uncached = list(upscale_stream(model, iter(frames), len(frames), cache=False, **kw))
+    plain = list(upscale_stream(model, iter(frames), len(frames), batch=batch, dtype=torch.float64))
+    assert len(got) == len(uncached) == len(frames)
+    for a, b, u, p in zip(got, expected, uncached, plain):
+        assert a.shape == (3, 40, 52)
+        assert (a - b).abs().max().item() < 1e-12 and (u - b).abs().max().item() < 1e-12
+        assert (a - p).abs().max().item() > 1e-4  # the views do differ
+
+
 def test_short_clip_and_single_frame():
     model = small_model(num_frame=7)
     frames = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(2)]
@@ -62,10 +102,11 @@ def test_tiled_equals_untiled(flow_guided):
     model = small_model(num_frame=3, flow_guided=flow_guided)
     torch.manual_seed(2)
     frames = [torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8) for _ in range(4)]
-    full = list(upscale_stream(model, iter(frames), 4))
-    tiled = list(upscale_stream(model, iter(frames), 4, tile=24, tile_overlap=16, batch=2))
-    assert len(full) == len(tiled) == 4
-    assert max((a - b).abs().max().item() for a, b in zip(full, tiled)) < 1e-4
+    for ensemble in (False, True):
+        full = list(upscale_stream(model, iter(frames), 4, self_ensemble=ensemble))
+        tiled = list(upscale_stream(model, iter(frames), 4, tile=24, tile_overlap=16, batch=2, self_ensemble=ensemble))
+        assert len(full) == len(tiled) == 4
+        assert max((a - b).abs().max().item() for a, b in zip(full, tiled)) < 1e-4
 
 
 def test_feature_cache_stays_bounded():

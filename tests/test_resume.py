@@ -113,6 +113,7 @@ def test_resume_refuses_other_input_model_or_options_and_then_continues(tmp_path
     other = save_model(tiny_edvr(seed=1), tmp_path / "other.safetensors")
     cases = [(["--crf", "20"], "--crf was 18"), (["--scene-cuts", "off"], "--scene-cuts was auto"),
              (["--batch", "2"], "--batch was 1"), (["--frames"], "--frames was False"),
+             (["--self-ensemble"], "--self-ensemble was False"),
              (["--model", other], "model differs")]
     for extra, needle in cases:
         result = run("upscale", src, out, *args, *extra, "--resume")

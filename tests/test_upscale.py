@@ -50,6 +50,27 @@ def test_upscale_frame_folder_odd_size_to_pngs(tmp_path, model_path):
     assert read_image(str(files[0])).shape == (3, 60, 84)
 
 
+def test_self_ensemble_runs_the_eight_views(tmp_path, model_path):
+    import torch
+    from torchvision.io import read_image
+
+    from vsrx.inference import to_uint8, upscale_stream
+    from vsrx.models import load_sr_model
+
+    src = make_frame_folder(tmp_path / "frames", frames=4, size=(20, 12))
+    for name, extra in (("plain", []), ("x8", ["--self-ensemble"])):
+        result = run("upscale", src, tmp_path / name, "--model", model_path, "--precision", "fp32", "--json", *extra)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["self_ensemble"] == (name == "x8")
+    out = {name: [read_image(str(p)).permute(1, 2, 0) for p in sorted((tmp_path / name).iterdir())] for name in ("plain", "x8")}
+    model = load_sr_model(model_path, None, None, torch.device("cpu"))[0].eval()
+    frames = [read_image(str(p)) for p in sorted(src.iterdir())]
+    want = [to_uint8(y) for y in upscale_stream(model, iter(frames), 4, self_ensemble=True)]
+    assert len(out["x8"]) == len(want) == 4
+    assert max((a.int() - b.int()).abs().max().item() for a, b in zip(out["x8"], want)) <= 1
+    assert sum((a != b).sum().item() for a, b in zip(out["x8"], out["plain"])) > 100
+
+
 def test_start_end_range(tmp_path, model_path):
     src = make_clip(tmp_path / "in.mp4", frames=10, size=(16, 16))
     result = run("upscale", src, tmp_path / "part.mkv", "--model", model_path, "--start", 3, "--end", 7, "--quiet")

@@ -103,3 +103,21 @@ def test_shape_errors() -> None:
         flow_warp(x, torch.zeros(1, 3, 4, 5))
     with pytest.raises(InputError):
         flow_warp(x, torch.zeros(1, 2, 4, 5), padding_mode="reflection")  # type: ignore[arg-type]
+
+
+def test_the_eight_views_are_distinct_undo_exactly_and_keep_flows_the_motion_of_the_images():
+    """`flip_transpose` gives all 8 rotations/reflections, `unflip_transpose` undoes each, and a flow
+    turned with its images still warps them as before (self-ensemble and training augmentation rely on it)."""
+    from vsrx.ops.warp import DIHEDRAL, flip_transpose, unflip_transpose
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 6, 9, dtype=DT)
+    flow = torch.randn(1, 2, 6, 9, dtype=DT)
+    assert DIHEDRAL[0] == (False, False, False) and len(set(DIHEDRAL)) == 8
+    views = []
+    for flags in DIHEDRAL:
+        (xv,), fv = flip_transpose([x], flow, *flags)
+        assert torch.equal(unflip_transpose(xv, *flags), x)
+        torch.testing.assert_close(flow_warp(xv, fv), flip_transpose([flow_warp(x, flow)], None, *flags)[0][0], rtol=0, atol=1e-12)
+        views.append(xv)
+    assert all(not (a.shape == b.shape and torch.equal(a, b)) for i, a in enumerate(views) for b in views[:i])

@@ -32,6 +32,8 @@ class LazyConsole:
 
 
 err_console = LazyConsole(stderr=True, highlight=False, log_path=False)
+SELF_ENSEMBLE_HELP = ("Run every window in all 8 rotations/reflections and average the outputs: "
+                      "8x the time for a small PSNR gain (BENCHMARKS.md).")
 
 
 class VsrxGroup(click.Group):
@@ -132,6 +134,7 @@ def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--padding", type=click.Choice(PADDINGS), default="reflection_circle", show_default=True, help="How windows at the clip's ends (and at scene cuts) are filled.")
 @click.option("--tile", type=click.IntRange(8), help="Process frames in tiles of this many LR pixels (bounded memory for large frames).")
 @click.option("--tile-overlap", type=click.IntRange(0), default=32, show_default=True, help="LR pixels of context around each tile.")
+@click.option("--self-ensemble", is_flag=True, help=SELF_ENSEMBLE_HELP)
 @click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First frame to upscale (0-based).")
 @click.option("--end", type=click.IntRange(1), help="Frame after the last to upscale (default: all).")
 @click.option("--frames", "as_frames", is_flag=True, help="Write a folder of PNG frames even if DST has a video extension.")
@@ -203,7 +206,7 @@ def summary_line(result) -> str:
     resumed = f" ({result.resumed} resumed, {result.computed} computed)" if result.resumed else ""
     cuts = f", {len(result.scene_cuts)} scene cut{'s' if len(result.scene_cuts) > 1 else ''}" if result.scene_cuts else ""
     return (f"{result.frames} frames{resumed}{cuts} in {result.seconds:.1f} s ({result.fps:.2f} fps) with {result.model} "
-            f"[{result.mode}, {result.device}, {result.precision}] -> {result.output} ({size:.1f} MB)")
+            f"[{result.mode}{' self-ensemble' if result.self_ensemble else ''}, {result.device}, {result.precision}] -> {result.output} ({size:.1f} MB)")
 
 
 def print_outcomes(outcomes) -> None:
@@ -312,13 +315,14 @@ def train(ctx: click.Context, resume: str | None, task: str, **options) -> None:
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--padding", type=click.Choice(PADDINGS), default="reflection_circle", show_default=True)
 @click.option("--tile", type=click.IntRange(8), help="Tile size in LR pixels for large frames.")
+@click.option("--self-ensemble", is_flag=True, help=SELF_ENSEMBLE_HELP)
 @click.option("--crop-border", type=click.IntRange(0), default=0, show_default=True, help="Pixels cropped from each border before scoring.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write all results (per frame too) as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-frame results as CSV.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), help="Write the SR frames as PNG under this folder.")
 def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tuple[str, ...], aligns: tuple[str, ...],
           offsets_list: tuple[int, ...], bicubic_only: bool, device: str, precision: str, batch: int, padding: str,
-          tile: int | None, crop_border: int, json_path: str | None, csv_path: str | None, save_dir: str | None) -> None:
+          tile: int | None, self_ensemble: bool, crop_border: int, json_path: str | None, csv_path: str | None, save_dir: str | None) -> None:
     """Score models against bicubic on REDS4, Vid4, Vimeo-90K-T, a frame folder or videos (x4, the field's protocol)."""
     from pathlib import Path
 
@@ -328,7 +332,7 @@ def eval_(dataset: str, root: tuple[str, ...], lr_root: str | None, models: tupl
     from vsrx.evaluate.runner import evaluate, model_rows, render_table, write_csv, write_json
 
     data = open_dataset(dataset, [Path(r) for r in root], Path(lr_root) if lr_root else None)
-    rows = [] if bicubic_only else model_rows(models, aligns, offsets_list, device, precision, batch, padding, tile)
+    rows = [] if bicubic_only else model_rows(models, aligns, offsets_list, device, precision, batch, padding, tile, self_ensemble)
     with err_console.status("evaluating") as status:
         result = evaluate(data, rows, crop_border, save_dir, progress=lambda clip: status.update(f"evaluating {clip.name}"))
     Console(highlight=False, width=max(Console().width, 120)).print(render_table(result))

@@ -4,7 +4,9 @@ Each frame's feature pyramid is computed once and reused by every window that co
 only frames that a later window can still need are kept, so memory is bounded by the window
 and batch sizes, not by the clip length. Large frames can be processed in spatial tiles, each
 with a margin of context that is cut away before the tiles are pasted together; on CUDA
-out-of-memory the batch is retried with smaller tiles. Upscale, eval, training validation and
+out-of-memory the batch is retried with smaller tiles. With self-ensemble every window also runs
+in its 7 other rotations/reflections (each view with its own feature cache) and the 8 outputs,
+turned back, are averaged. Upscale, eval, training validation and
 viz all run models through `Upscaler`.
 """
 
@@ -23,6 +25,7 @@ from vsrx.io.scenes import SceneCuts
 from vsrx.io.windows import frame_indices
 from vsrx.models.edvr import EDVR
 from vsrx.models.weights import convert_alignment
+from vsrx.ops.warp import DIHEDRAL, flip_transpose, unflip_transpose
 
 MIN_TILE = 32
 DCN_IMPLS = ("auto", "decomp", "torchvision")
@@ -101,7 +104,9 @@ class Upscaler:
     yields (3, 4H, 4W) outputs in float32 (or the model dtype if wider), not clamped. Any H, W works (reflect-padded
     to multiples of 4 for the model, outputs cropped to exactly 4H x 4W). ``cache=False``
     recomputes every window's features (the naive reference). ``scene_threshold``: detect hard
-    cuts (`vsrx.io.scenes`) and keep every window inside its shot; None: off.
+    cuts (`vsrx.io.scenes`) and keep every window inside its shot; None: off. ``self_ensemble``: run
+    each window in all 8 rotations/reflections and average the outputs turned back (8x the compute; a
+    flow-guided model's flows are computed once and turned with each view).
     """
 
     def __init__(
@@ -116,12 +121,14 @@ class Upscaler:
         tile_overlap: int = 32,
         cache: bool = True,
         scene_threshold: float | None = None,
+        self_ensemble: bool = False,
         on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.model, self.padding, self.batch = model, padding, max(batch, 1)
         self.device, self.dtype = torch.device(device), dtype
         self.tile, self.tile_overlap, self.cache = tile, tile_overlap, cache
         self.scene_threshold = scene_threshold
+        self.views = DIHEDRAL if self_ensemble else DIHEDRAL[:1]
         self.on_retry = on_retry or (lambda msg: None)
         self.num_frame = model.config.num_frame
         self.total_seen: int | None = None
@@ -169,7 +176,7 @@ class Upscaler:
         detect = SceneCuts(self.scene_threshold) if self.scene_threshold is not None else None
         it = iter(frames)
         raw: dict[int, Tensor] = {}  # padded LR frames still needed
-        pyramids: dict[tuple[int, int], tuple[Tensor, ...]] = {}  # (frame, tile) -> per-frame features
+        pyramids: dict[tuple[int, tuple[int, int]], tuple[Tensor, ...]] = {}  # (frame, (tile, view)) -> features
         decoded, yielded = 0, False
         for lo, hi in spans:
             centre = lo
@@ -241,15 +248,16 @@ class Upscaler:
                 torch.cuda.empty_cache()
                 self.on_retry(f"out of GPU memory: retrying with --tile {self.tile}")
 
-    def _extraction_groups(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict, t: int) -> list[list[int]]:
-        """The frames whose features are missing for these windows, in the groups they are extracted in:
-        with the cache, each missing frame's whole `_chunk_start` group; without, batch * T at a time."""
-        todo = sorted({i for win in wins for i in win if (i, t) not in pyramids})
+    def _extraction_groups(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict, key: tuple[int, int]) -> list[list[int]]:
+        """The frames whose features (for ``key``: tile, view) are missing for these windows, in the groups
+        they are extracted in: with the cache, each missing frame's whole `_chunk_start` group; without,
+        batch * T at a time."""
+        todo = sorted({i for win in wins for i in win if (i, key) not in pyramids})
         if not self.cache:
             chunk = self.batch * self.num_frame
             return [todo[s : s + chunk] for s in range(0, len(todo), chunk)]
         starts = sorted({self._chunk_start(i) for i in todo})
-        return [[i for i in range(s, s + self.batch) if i in raw and (i, t) not in pyramids] for s in starts]
+        return [[i for i in range(s, s + self.batch) if i in raw and (i, key) not in pyramids] for s in starts]
 
     def _run(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict) -> Tensor:
         h, w = next(iter(raw.values())).shape[-2:]
@@ -261,16 +269,13 @@ class Upscaler:
             flows = self.model.window_flows(torch.stack([torch.stack([raw[i] for i in win]) for win in wins]))
         out = None
         for t, tile in enumerate(tiles):
-            top, left, bottom, right = tile.context
-            for ids in self._extraction_groups(wins, raw, pyramids, t):
-                feats = self.model.extract(torch.stack([raw[i][:, top:bottom, left:right] for i in ids]), with_terms=True)
-                for k, i in enumerate(ids):
-                    pyramids[(i, t)] = tuple(level[k] for level in feats)
-            parts = len(pyramids[(wins[0][0], t)])
-            pyramid = tuple(torch.stack([torch.stack([pyramids[(i, t)][lv] for i in win]) for win in wins]) for lv in range(parts))
-            c = self.model.config.center
-            centre = torch.stack([raw[win[c]][:, top:bottom, left:right] for win in wins])
-            sr = self.model.reconstruct_window(pyramid, centre, None if flows is None else flows[..., top:bottom, left:right])
+            top, left = tile.context[:2]
+            sr = None
+            for v, flags in enumerate(self.views):
+                y = self._run_view(wins, raw, pyramids, (t, v), tile.context, flags, flows)
+                sr = y if sr is None else sr.add_(y)
+            if len(self.views) > 1:
+                sr = sr.div_(len(self.views))
             if len(tiles) == 1:
                 return sr
             if out is None:
@@ -278,6 +283,27 @@ class Upscaler:
             ct, cl, cb, cr = tile.core
             out[:, :, 4 * ct : 4 * cb, 4 * cl : 4 * cr] = sr[:, :, 4 * (ct - top) : 4 * (cb - top), 4 * (cl - left) : 4 * (cr - left)]
         return out
+
+    def _run_view(self, wins: list[list[int]], raw: dict[int, Tensor], pyramids: dict, key: tuple[int, int],
+                  context: tuple[int, int, int, int], flags: tuple[bool, bool, bool], flows: Tensor | None) -> Tensor:
+        """The windows' outputs for one tile's context region seen in one view (`flip_transpose` flags),
+        turned back to the frame's orientation."""
+        top, left, bottom, right = context
+
+        def view(frames: list[Tensor]) -> Tensor:
+            return flip_transpose([torch.stack([x[:, top:bottom, left:right] for x in frames])], None, *flags)[0][0]
+
+        for ids in self._extraction_groups(wins, raw, pyramids, key):
+            feats = self.model.extract(view([raw[i] for i in ids]), with_terms=True)
+            for k, i in enumerate(ids):
+                pyramids[(i, key)] = tuple(level[k] for level in feats)
+        parts = len(pyramids[(wins[0][0], key)])
+        pyramid = tuple(torch.stack([torch.stack([pyramids[(i, key)][lv] for i in win]) for win in wins]) for lv in range(parts))
+        c = self.model.config.center
+        centre = view([raw[win[c]] for win in wins])
+        if flows is not None:
+            flows = flip_transpose([], flows[..., top:bottom, left:right], *flags)[1]
+        return unflip_transpose(self.model.reconstruct_window(pyramid, centre, flows), *flags)
 
 
 def upscale_stream(model: EDVR, frames: Iterable[Tensor], total: int, **options) -> Iterator[Tensor]:

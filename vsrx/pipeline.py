@@ -52,6 +52,7 @@ class UpscaleOptions:
     padding: str = "reflection_circle"
     tile: int | None = None
     tile_overlap: int = 32
+    self_ensemble: bool = False  # average the outputs of all 8 rotations/reflections of each window (8x the compute)
     start: int = 0
     end: int | None = None
     frames: bool = False
@@ -84,6 +85,7 @@ class UpscaleResult:
     resumed: int = 0  # frames finished by an earlier, interrupted run
     computed: int = 0  # frames computed by this run (fps counts these)
     scene_cuts: list[int] | None = None  # frames that start a new shot; None with --scene-cuts off
+    self_ensemble: bool = False
 
 
 def frame_range(opts: UpscaleOptions, total: int) -> tuple[int, int]:
@@ -121,7 +123,7 @@ class Session:
         self.threshold = opts.scene_threshold if opts.scene_cuts == "auto" else None
         self.upscaler = Upscaler(self.model, padding=opts.padding, batch=opts.batch, device=self.device, dtype=self.dtype,
                                  tile=opts.tile, tile_overlap=opts.tile_overlap, cache=self.engine.cache,
-                                 scene_threshold=self.threshold, on_retry=self.note)
+                                 scene_threshold=self.threshold, self_ensemble=opts.self_ensemble, on_retry=self.note)
         self.segment_frames = -(-opts.segment_frames // self.upscaler.batch) * self.upscaler.batch
         self._own_group = self.world > 1 and not dist.is_initialized()
         if self._own_group:  # only small control messages travel between ranks: gloo on any device
@@ -188,7 +190,7 @@ class Session:
         computed = frames - resumed
         return UpscaleResult(str(out), frames, seconds, computed / max(seconds, 1e-9), size, self.model_name,
                              self.asked.mode_name, str(self.device), str(self.dtype).removeprefix("torch."), notes,
-                             resumed, computed, cuts if self.threshold is not None else None)
+                             resumed, computed, cuts if self.threshold is not None else None, self.opts.self_ensemble)
 
     def _prepare(self, src: str | Path, target: Path) -> tuple[FrameSource, int, int, Job, list, int]:
         """Open the source, check the target and settings, and (rank 0) take up the job folder:
@@ -215,6 +217,7 @@ class Session:
         o = self.opts
         options = {"frames": frames_out, "start": start, "end": end, "segment_frames": self.segment_frames,
                    "padding": o.padding, "batch": self.upscaler.batch, "tile": o.tile, "tile_overlap": o.tile_overlap,
+                   "self_ensemble": o.self_ensemble,
                    "device": self.device.type, "precision": str(self.dtype).removeprefix("torch."),
                    **self.engine.settings(self.device), "scene_cuts": o.scene_cuts, "scene_threshold": self.threshold}
         if not frames_out:

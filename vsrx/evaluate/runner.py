@@ -175,9 +175,11 @@ def evaluate(
 
 
 def model_rows(models: Sequence[str], aligns: Sequence[str], offsets_list: Sequence[int], device: str,
-               precision: str, batch: int, padding: str, tile: int | None) -> list[tuple[RowSpec, SrFn]]:
+               precision: str, batch: int, padding: str, tile: int | None,
+               self_ensemble: bool = False) -> list[tuple[RowSpec, SrFn]]:
     """(RowSpec, sr_fn) for each model x alignment mode x N asked for (`vsrx eval`); no models: the
-    bundled default model. Each runs as `vsrx upscale` runs it (`Engine`)."""
+    bundled default model. Each runs as `vsrx upscale` runs it (`Engine`); with ``self_ensemble`` the
+    rows are labelled "<model>+x8"."""
     from vsrx.device import pick_device, pick_dtype
     from vsrx.inference import Engine, Upscaler, to_uint8
     from vsrx.models import load_sr_model, zoo
@@ -190,13 +192,13 @@ def model_rows(models: Sequence[str], aligns: Sequence[str], offsets_list: Seque
             for offsets in (offsets_list if align == "decomp" else ()) or (None,):
                 model, label, _ = load_sr_model(name, align, offsets, dev)
                 upscaler = Upscaler(Engine().prepare(model, dev, dtype), padding=padding, batch=batch, device=dev,
-                                    dtype=dtype, tile=tile)
+                                    dtype=dtype, tile=tile, self_ensemble=self_ensemble)
 
                 def sr_fn(lr_frames, upscaler=upscaler):
                     frames = (torch.from_numpy(f).permute(2, 0, 1) for f in lr_frames)
                     return (to_uint8(x).cpu().numpy() for x in upscaler.stream(frames, len(lr_frames)))
 
-                spec = RowSpec(label, model.config.align, model.config.offsets, sum(p.numel() for p in model.parameters()))
+                spec = RowSpec(label + ("+x8" if self_ensemble else ""), model.config.align, model.config.offsets, sum(p.numel() for p in model.parameters()))
                 rows.append((spec, sr_fn))
     return rows
 

@@ -81,3 +81,36 @@ def flow_warp(x: Tensor, flow: Tensor, padding_mode: PaddingMode = "zeros") -> T
         )
     base = pixel_grid(x.shape[2], x.shape[3], dtype=flow.dtype, device=flow.device)
     return sample_bilinear(x, base + flow, padding_mode)
+
+
+DIHEDRAL = tuple((h, v, t) for t in (False, True) for v in (False, True) for h in (False, True))
+"""The 8 rotations/reflections of an image as `flip_transpose` flags (hflip, vflip, transpose), the identity first."""
+
+
+def flip_transpose(images: list[Tensor], flow: Tensor | None, hflip: bool, vflip: bool,
+                   transpose: bool) -> tuple[list[Tensor], Tensor | None]:
+    """Flip ``images`` (..., h, w) and their ``flow`` (..., 2, h, w; or None) left-right and/or
+    upside down, then transpose them (the three flags give all 8 rotations/reflections); the flow
+    is changed to stay the motion of the flipped images."""
+    for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
+        if flag:
+            images = [x.flip(dim) for x in images]
+            if flow is not None:
+                flow = flow.flip(dim)
+                flow[..., channel, :, :] = -flow[..., channel, :, :]
+    if transpose:
+        images = [x.transpose(-1, -2) for x in images]
+        if flow is not None:
+            flow = flow.transpose(-1, -2).flip(-3)  # (dy, dx) -> (dx, dy)
+    return [x.contiguous() for x in images], None if flow is None else flow.contiguous()
+
+
+def unflip_transpose(image: Tensor, hflip: bool, vflip: bool, transpose: bool) -> Tensor:
+    """Undo `flip_transpose` with the same flags on an image (..., h, w)."""
+    if transpose:
+        image = image.transpose(-1, -2)
+    if vflip:
+        image = image.flip(-2)
+    if hflip:
+        image = image.flip(-1)
+    return image

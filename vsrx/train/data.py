@@ -23,6 +23,7 @@ from vsrx.evaluate.datasets import REDS4_CLIPS, Clip, excluded, folder_clip, vim
 from vsrx.io.images import list_images, natural_key, read_image
 from vsrx.io.reader import open_source
 from vsrx.io.windows import training_window
+from vsrx.ops.warp import flip_transpose
 
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".y4m", ".ts", ".flv", ".mpg", ".mpeg"}
 DATASETS = ("reds", "vimeo90k", "videos", "synthetic")
@@ -231,17 +232,3 @@ class WindowPatches(Dataset):
         if reverse and self.temporal_reverse:
             s[x], s["flow"] = s[x].flip(0), s["flow"].flip(0)
         return s
-
-
-def flip_transpose(images: list[Tensor], flow: Tensor, hflip: bool, vflip: bool, transpose: bool) -> tuple[list[Tensor], Tensor]:
-    """Flip ``images`` (..., h, w) and their ``flow`` (..., 2, h, w) in (dy, dx) left-right and/or
-    upside down, then transpose them (the three flags give all 8 rotations/reflections); the flow
-    is changed to stay the motion of the flipped images."""
-    for flag, dim, channel in ((hflip, -1, 1), (vflip, -2, 0)):
-        if flag:
-            images, flow = [x.flip(dim) for x in images], flow.flip(dim)
-            flow[..., channel, :, :] = -flow[..., channel, :, :]
-    if transpose:
-        images = [x.transpose(-1, -2) for x in images]
-        flow = flow.transpose(-1, -2).flip(-3)  # (dy, dx) -> (dx, dy)
-    return [x.contiguous() for x in images], flow.contiguous()

@@ -39,7 +39,8 @@ from vsrx.evaluate.datasets import Clip
 from vsrx.models import load_model
 from vsrx.models.hooks import record_forward
 from vsrx.models.spynet import SpyNet
-from vsrx.train.data import flip_transpose, load_clips
+from vsrx.ops.warp import flip_transpose
+from vsrx.train.data import load_clips
 from vsrx.train.loop import LoopConfig, Run, fit
 from vsrx.train.synthetic import make_synthetic_clip, procedural_texture
 
