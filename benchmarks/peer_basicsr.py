@@ -81,11 +81,11 @@ def main() -> None:
     (tmp / "run_basicsr.py").write_text(BASICSR_RUN)
     t_peer = timed([args.basicsr_python, str(tmp / "run_basicsr.py"), str(tmp / "frames"), str(tmp / "peer"),
                     str(tmp / "EDVR_basicsr.pth")], env)
-    from vsrx.device import cpu_has_amx
+    from vsrx.device import cpu_has_fast_bf16
     from vsrx.io.images import read_image
 
     result = {"frames": args.frames, "lr_size": [h, w], "threads": args.threads, "basicsr_s": t_peer,
-              "amx": cpu_has_amx(), "torch": torch.__version__, "vsrx": {}}
+              "fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__, "vsrx": {}}
     for precision in args.precision.split(","):
         ours = tmp / f"ours-{precision}"
         t_vsrx = timed([sys.executable, "-m", "vsrx", "upscale", str(tmp / "frames"), str(ours), "--model",

@@ -175,12 +175,26 @@ def test_reduced_precision_model_keeps_frames_base_and_output_float32(flow_guide
         assert torch.equal(out, base)
 
 
-def test_auto_precision_takes_bf16_on_amx_cpus_for_upscale_only(monkeypatch):
+def test_auto_precision_takes_bf16_on_cpus_with_bf16_hardware_for_upscale_only(monkeypatch):
     from vsrx import device
 
     cpu = torch.device("cpu")
-    for amx in (True, False):
-        monkeypatch.setattr(device, "cpu_has_amx", lambda amx=amx: amx)
-        assert device.pick_dtype("auto", cpu, amx_bf16=True) == (torch.bfloat16 if amx else torch.float32)
+    for fast in (True, False):
+        monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert device.pick_dtype("auto", cpu, cpu_bf16=True) == (torch.bfloat16 if fast else torch.float32)
         assert device.pick_dtype("auto", cpu) == torch.float32  # eval and bench: fp32 on every CPU
-        assert device.pick_dtype("fp32", cpu, amx_bf16=True) == torch.float32
+        assert device.pick_dtype("fp32", cpu, cpu_bf16=True) == torch.float32
+
+
+def test_bf16_hardware_is_amx_or_avx512_bf16_with_onednn_bf16(monkeypatch):
+    from vsrx import device
+
+    for amx, avx512_bf16, onednn, expected in [(True, False, True, True), (False, True, True, True),
+                                               (False, False, True, False), (True, True, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda v=onednn: v)
+        assert device.cpu_has_fast_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert device.cpu_has_fast_bf16() is False  # a torch without the probes: fp32, never an error

@@ -129,7 +129,7 @@ def parse_encoder_options(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--align", type=click.Choice(ALIGN_MODES), help="Alignment mode (picks the zoo variant; dcn runs as decomp-9 exactly).")
 @click.option("--offsets", type=click.IntRange(1), help="Offsets N per group for --align decomp.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: fp16 on CUDA; bf16 on a CPU with AMX (PSNR-equal to fp32, rare pixels 2 grey levels off); else fp32.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: fp16 on CUDA; bf16 on a CPU with bf16 hardware, AMX or AVX512-BF16 (PSNR-equal to fp32, rare pixels 2 grey levels off); else fp32.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Windows per model call.")
 @click.option("--padding", type=click.Choice(PADDINGS), default="reflection_circle", show_default=True, help="How windows at the clip's ends (and at scene cuts) are filled.")
 @click.option("--tile", type=click.IntRange(8), help="Process frames in tiles of this many LR pixels (bounded memory for large frames).")

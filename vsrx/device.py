@@ -35,26 +35,31 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX, Intel Xeon since Sapphire Rapids).
-    There oneDNN's bf16 convolutions run ~2x its fp32 ones; on CPUs without it bf16 is slower than fp32."""
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware: AMX (Intel Xeon since Sapphire Rapids) or
+    AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake). There oneDNN's bf16 convolutions run about
+    2x its fp32 ones; on CPUs with neither, oneDNN emulates bf16 and it is slower than fp32."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so looked up defensively
-    return bool(probe is not None and probe() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    def probe(name: str) -> bool:  # private torch functions, so looked up defensively
+        found = getattr(torch.cpu, name, None)
+        return bool(found is not None and found())
+
+    hardware = probe("_is_amx_tile_supported") or probe("_is_avx512_bf16_supported")
+    return hardware and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def pick_dtype(precision: str, device: torch.device, amx_bf16: bool = False) -> torch.dtype:
-    """auto: fp16 on CUDA; on a CPU bf16 where ``amx_bf16`` is asked and the CPU has AMX (`vsrx
-    upscale`: 1.2-1.9x fp32 there, PSNR-equal, at most 2 grey levels off, BENCHMARKS.md), else fp32. Frames, the bilinear
-    base and the output stay float32 and aligners sample in fp32 whatever this is (`EDVR.extract`,
-    align.py)."""
+def pick_dtype(precision: str, device: torch.device, cpu_bf16: bool = False) -> torch.dtype:
+    """auto: fp16 on CUDA; on a CPU bf16 where ``cpu_bf16`` is asked and the CPU has bf16 hardware
+    (`vsrx upscale`: 1.2-1.9x fp32 there, PSNR-equal, at most 2 grey levels off, BENCHMARKS.md),
+    else fp32. Frames, the bilinear base and the output stay float32 and aligners sample in fp32
+    whatever this is (`EDVR.extract`, align.py)."""
     import torch
 
     if precision == "auto":
         if device.type == "cuda":
             return torch.float16
-        return torch.bfloat16 if amx_bf16 and cpu_has_amx() else torch.float32
+        return torch.bfloat16 if cpu_bf16 and cpu_has_fast_bf16() else torch.float32
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     if dtype is None:
         raise UsageError(f"unknown precision {precision!r}; use auto, fp16, bf16 or fp32")

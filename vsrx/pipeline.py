@@ -115,7 +115,7 @@ class Session:
         self.opts, self.engine, self.note = opts, engine or Engine(), note or (lambda msg: None)
         self.world, self.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
         self.device = pick_device(opts.device)
-        self.dtype = pick_dtype(opts.precision, self.device, amx_bf16=True)
+        self.dtype = pick_dtype(opts.precision, self.device, cpu_bf16=True)
         model, self.model_name, weights = load_sr_model(opts.model, opts.align, opts.offsets, self.device)
         self.asked = model.config  # before `prepare`, which may run a dcn model as its decomp-9 form
         self.model = self.engine.prepare(model, self.device, self.dtype)
