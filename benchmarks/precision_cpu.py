@@ -6,8 +6,8 @@
 For each clip folder under --root (HR frames), the first --frames frames are reduced x4 by MATLAB
 bicubic; each model streams them through `Upscaler` as `vsrx upscale` runs it, once in fp32 and
 once in bf16 (`auto` on a CPU with AMX or AVX512-BF16: frames, the bilinear base and the output
-float32, the network bf16), the two alternating in one process. Reported per model: seconds per output frame
-(after each run's first window), the largest difference of the 8-bit outputs, how many pixels
+float32, the network bf16), the two alternating in one process. Reported per model: seconds per
+output frame (after each run's first window), the largest difference of the 8-bit outputs, how many pixels
 differ by more than 1 grey level, the mean difference, and the Y-PSNR of each against the HR frames.
 """
 
